@@ -1,0 +1,5 @@
+"""fastgan.nn: modules over fastgan.functional whose parameters are named and shaped like
+torch.nn's, so state_dicts load both ways."""
+from .bias_act import BiasAct
+
+__all__ = ["BiasAct"]

@@ -1,0 +1,36 @@
+"""Test configuration.
+
+On the CPU (default) the suite forces the Triton interpreter, so every kernel runs here:
+FASTGAN_BACKEND=interpret must be set before triton is imported, hence at the top.
+On a GPU (benchmarks/gpu_check.sh sets FASTGAN_TEST_DEVICE=cuda) the same tests run the
+compiled kernels on CUDA tensors, and tests marked ``gpu`` run too.
+"""
+import os
+import zlib
+
+TEST_DEVICE = os.environ.get("FASTGAN_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("FASTGAN_BACKEND", "interpret")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """Fresh but reproducible random inputs: each test is seeded from its own name."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def device():
+    return TEST_DEVICE
