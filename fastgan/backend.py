@@ -95,8 +95,6 @@ def triton_interprets() -> bool:
 def triton_available() -> bool:
     """Whether Triton imports; the reason it does not is kept for ``triton_error()``."""
     global _triton_error
-    if _kernels is not None:
-        return True
     try:
         importlib.import_module("triton")
         return True
@@ -137,7 +135,12 @@ def backend_for(*tensors: torch.Tensor) -> str:
     devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
     if len(devices) > 1:
         raise ValueError(f"tensors are on different device types {sorted(devices)}; move them to one device")
-    device = devices.pop() if devices else "cpu"
+    return backend_for_device(devices.pop() if devices else "cpu")
+
+
+def backend_for_device(device) -> str:
+    """The backend for tensors on ``device`` (a torch.device or a string like "cuda")."""
+    device = torch.device(device).type
     forced = forced_backend()
 
     if forced == "eager":

@@ -177,12 +177,20 @@ def _num_warps(block_r: int, block_i: int) -> int:
     return 8 if block_r * block_i >= 4096 else 4
 
 
+def _output_like(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(x)
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or out.stride() != x.stride():
+        raise ValueError("out must match the (dense) input in shape, dtype, device and strides")
+    return out
+
+
 def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float,
-                 gain: float, clamp: float | None) -> torch.Tensor:
-    """y = clamp(act(x + b) * gain); y has x's dtype and memory layout."""
+                 gain: float, clamp: float | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y = clamp(act(x + b) * gain); y has x's dtype and memory layout (written into ``out`` if given)."""
     check_launch_dtype(x, b)
     x, (outer, c, inner) = _dense(x, dim)
-    y = torch.empty_like(x)
+    y = _output_like(x, out)
     if x.numel() == 0:
         return y
     cl, block_r, block_i, n = _blocks(outer, c, inner)
@@ -197,7 +205,7 @@ def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
 
 def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str,
                  alpha: float, gain: float, clamp: float | None, order: int = 1,
-                 dy: torch.Tensor | None = None, need_db: bool = False):
+                 dy: torch.Tensor | None = None, need_db: bool = False, out: torch.Tensor | None = None):
     """Backward of bias_act, returning ``(out, db)`` (db is None unless ``need_db``).
 
     order 1: out = g * gain * act'(x + b) * m                 (the input gradient dx)
@@ -212,7 +220,7 @@ def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: 
     x, (outer, c, inner) = _dense(x, dim)
     g = _same_layout(g, x)
     dy = _same_layout(dy, x) if dy is not None else g
-    out = torch.empty_like(x)
+    out = _output_like(x, out)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if x.numel() == 0:
         db = torch.zeros(c, dtype=x.dtype, device=x.device) if need_db else None

@@ -1,0 +1,134 @@
+"""The benchmark harness on the CPU: one tiny case end to end, the JSON schema, the table,
+and the command-line entry points (fastgan bench, python -m benchmarks, fastgan info)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgan.benchmarks import harness
+from fastgan.benchmarks.run import main as bench_main
+
+
+def _tiny_case(fail_compile=False):
+    def make(device, dtype):
+        x = torch.randn(64, 32, device=device, dtype=dtype)
+        fns = {"eager": lambda: torch.relu(x) * 2.0, "fastgan": "fastgan needs CUDA here"}
+        if fail_compile:
+            def broken():
+                raise RuntimeError("torch.compile with aot_autograd does not currently support double backward")
+            fns["compile"] = broken
+        return fns
+    return harness.Case(case="tiny.relu.fwd", family="ops", shape=[64, 32], dtype="float32",
+                        bytes=2 * 64 * 32 * 4, flops=2 * 64 * 32, make=make, images=64)
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return harness.run([_tiny_case(fail_compile=True)], ["eager", "compile", "fastgan"], torch.device("cpu"),
+                       quick=True, log=lambda s: None)
+
+
+def test_document_follows_the_schema(doc):
+    harness.validate(doc)
+    assert doc["schema"] == harness.SCHEMA and doc["gpu"] is None
+    assert doc["nvml"]["available"] is False and doc["nvml"]["reason"]
+    assert doc["torch"] == torch.__version__
+    for k in ("copy_gbps", "bf16_tflops", "fp32_tflops"):
+        assert doc["ceilings"][k] > 0
+    by_provider = {r["provider"]: r for r in doc["records"]}
+    assert set(by_provider) == {"eager", "compile", "fastgan"}
+    eager = by_provider["eager"]
+    assert eager["error"] is None and 0 < eager["p20_ms"] <= eager["median_ms"] <= eager["p80_ms"]
+    assert eager["gbps"] == pytest.approx(2 * 64 * 32 * 4 / (eager["median_ms"] * 1e-3) / 1e9)
+    assert eager["images_per_s"] == pytest.approx(64 / (eager["median_ms"] * 1e-3))
+    assert eager["roofline_frac"] > 0
+    assert eager["energy_j"] is None and eager["peak_mem_bytes"] is None  # no GPU, no NVML
+    assert "double backward" in by_provider["compile"]["error"]
+    assert by_provider["compile"]["median_ms"] is None
+    assert by_provider["fastgan"]["error"] == "fastgan needs CUDA here"
+
+
+def test_validate_rejects_broken_documents(doc):
+    bad = json.loads(json.dumps(doc))
+    del bad["records"][0]["median_ms"]
+    with pytest.raises(ValueError, match="lacks"):
+        harness.validate(bad)
+    bad = json.loads(json.dumps(doc))
+    bad["records"][0]["provider"] = "cudnn"
+    with pytest.raises(ValueError, match="provider"):
+        harness.validate(bad)
+    bad = json.loads(json.dumps(doc))
+    bad["ceilings"]["copy_gbps"] = 0
+    with pytest.raises(ValueError, match="copy_gbps"):
+        harness.validate(bad)
+    bad = json.loads(json.dumps(doc))
+    eager = next(r for r in bad["records"] if r["provider"] == "eager")
+    eager["p80_ms"] = eager["median_ms"] / 2
+    with pytest.raises(ValueError, match="percentiles"):
+        harness.validate(bad)
+
+
+def test_speedups_are_ratios_within_the_run(doc):
+    fake = json.loads(json.dumps(doc))
+    for r in fake["records"]:
+        r["error"], r["median_ms"] = None, {"eager": 2.0, "compile": 1.0, "fastgan": 0.5}[r["provider"]]
+    ratios = harness.speedups(fake)
+    assert ratios[("tiny.relu.fwd", "float32", "fastgan")] == (4.0, 2.0)
+    table = harness.to_markdown(fake)
+    assert "| tiny.relu.fwd | float32 | fastgan | 0.5000 |" in table and "| 4.00 | 2.00 |" in table
+
+
+def test_roofline_fraction_uses_the_larger_floor():
+    case = _tiny_case()
+    ceilings = {"copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0}
+    floor_s = case.bytes / 1e9
+    assert harness.roofline_fraction(case, floor_s * 1e3 * 2, ceilings) == pytest.approx(0.5)
+
+
+def test_write_json_is_atomic_and_readable(doc, tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    harness.write_json(doc, str(path))
+    assert json.loads(path.read_text())["records"] == doc["records"]
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_bench_cli_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench_main(["--device", "cpu", "--cases", "bias_act.lrelu.fwd", "--dtypes", "float32",
+                     "--providers", "eager,fastgan", "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    harness.validate(doc)
+    fastgan_recs = [r for r in doc["records"] if r["provider"] == "fastgan"]
+    assert fastgan_recs and all("needs CUDA" in r["error"] for r in fastgan_recs)
+    assert "| bias_act.lrelu.fwd.1MB | float32 | eager |" in capsys.readouterr().out
+
+
+def test_bench_cli_rejects_bad_arguments(capsys):
+    assert bench_main(["--device", "cpu", "--providers", "cudnn"]) == 2
+    assert bench_main(["--device", "cpu", "--cases", "no.such.case"]) == 2
+    assert "no case matches" in capsys.readouterr().err
+
+
+def _run(args, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "FASTGAN_BACKEND"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def test_python_m_benchmarks_lists_cases():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = _run(["-m", "benchmarks", "--device", "cpu", "--list"], cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "bias_act.tanh.fwdbwd.1MB" in r.stdout
+
+
+def test_fastgan_info_runs_and_checks_the_interpreter():
+    r = _run(["-m", "fastgan", "info"])
+    assert r.returncode == 0, r.stderr
+    for key in ("fastgan", "torch", "triton", "NVML", "backend for cpu tensors", "triton interpreter works"):
+        assert key in r.stdout
+    assert re.search(r"triton interpreter works\s+yes", r.stdout), r.stdout
