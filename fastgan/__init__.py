@@ -6,5 +6,6 @@ __version__ = "0.1.0"
 
 from .backend import BackendError, backend_for, use_backend  # noqa: E402
 from . import functional, nn  # noqa: E402
+from .profile import ResourceMonitor  # noqa: E402
 
-__all__ = ["__version__", "BackendError", "backend_for", "use_backend", "functional", "nn"]
+__all__ = ["__version__", "BackendError", "backend_for", "use_backend", "functional", "nn", "ResourceMonitor"]
