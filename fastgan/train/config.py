@@ -1,0 +1,97 @@
+"""TrainConfig: every knob of a training run, validated, serialisable into checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+LOSSES = ("ns", "hinge", "wgan", "lsgan")
+PENALTIES = ("none", "r1", "wgan-gp")
+DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
+
+# Fields that define the models and the optimisation: a checkpoint fixes them on resume.
+MODEL_FIELDS = ("resolution", "z_dim", "g_width", "d_width")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None          # None: the embedded shapes dataset; else a folder of images or an .npz
+    resolution: int = 32             # 32 or 64
+    n_embedded: int = 8192           # images in the embedded dataset
+    workers: int = 0                 # DataLoader worker processes (folders of images benefit)
+    # models
+    z_dim: int = 128
+    g_width: int = 64
+    d_width: int = 64
+    fused: bool = True               # fastgan.nn modules (False: plain torch modules, same parameters)
+    # objective
+    loss: str = "ns"                 # ns | hinge | wgan | lsgan
+    penalty: str = "r1"              # none | r1 | wgan-gp
+    gamma: float | None = None       # penalty weight (None: r1 1.0, wgan-gp 10.0)
+    reg_interval: int = 4            # lazy R1: penalise every k-th D step with gamma * k (1: every step)
+    n_critic: int = 1                # D steps per G step
+    # optimisation
+    batch_size: int = 64
+    steps: int = 1500                # G steps
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+    ema_decay: float = 0.999         # EMA of G's weights, used for samples
+    # runtime
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    amp: bool | None = None          # bf16 autocast (None: on for CUDA, off for CPU)
+    out: str = "runs/fastgan"
+    sample_every: int = 250
+    ckpt_every: int = 500
+    log_every: int = 10
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        self.validate()
+
+    @property
+    def effective_gamma(self) -> float:
+        return DEFAULT_GAMMA[self.penalty] if self.gamma is None else self.gamma
+
+    def validate(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+        for name in ("n_embedded", "z_dim", "g_width", "d_width", "reg_interval", "n_critic", "batch_size",
+                     "steps", "sample_every", "ckpt_every", "log_every"):
+            positive_int(name)
+        if self.resolution not in (32, 64):
+            raise ValueError(f"resolution must be 32 or 64, got {self.resolution!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
+        if self.gamma is not None and not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
+            raise ValueError(f"gamma must be a number >= 0, got {self.gamma!r}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        return cls(**d)

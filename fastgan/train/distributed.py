@@ -1,0 +1,83 @@
+"""Data-parallel training across processes (torchrun), StyleGAN2-ADA style.
+
+Every rank holds full copies of G and D, draws its share of each global batch, and after
+each backward the gradients are averaged across ranks with one all-reduce over a flat
+buffer (NCCL on GPU, gloo on CPU). This is the gradient synchronisation that
+``DistributedDataParallel`` performs, done explicitly: DDP's reducer hooks fire on
+``backward()`` only, while a gradient penalty first runs
+``autograd.grad(create_graph=True)`` and several forwards of D before the one backward of
+the step, a pattern DDP's bookkeeping does not expect. Explicit all-reduce is exact for it:
+every rank's penalty is the mean over its equal share, so the average over ranks is the
+penalty of the global batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op for one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank, world, local)
+
+
+def broadcast_module_(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make every rank's parameters and buffers equal to rank 0's."""
+    if not info.enabled:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def broadcast_buffers_(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (batch-norm running statistics) to every rank, as DDP's
+    ``broadcast_buffers=True`` does, so replicas stay identical."""
+    if not info.enabled:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def average_gradients_(params, info: DistInfo) -> None:
+    """Average .grad across ranks with one all-reduce over a flat buffer."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,203 @@
+"""The trainer on the CPU: learning signal, fused vs plain equivalence, exact resume,
+atomic and corrupted checkpoints, SIGINT, the CLI, and a 2-process gloo data-parallel run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fastgan
+from fastgan.train import CheckpointError, Trainer, TrainConfig, load_checkpoint, save_checkpoint
+from fastgan.train import checkpoint as ckpt_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(tmp_path, **kw):
+    base = dict(resolution=32, n_embedded=64, z_dim=16, g_width=8, d_width=8, batch_size=8, steps=4,
+                device="cpu", out=str(tmp_path / "run"), progress=False, log_every=1, sample_every=1000,
+                ckpt_every=1000, fused=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(m):
+    return torch.cat([p.detach().reshape(-1) for p in m.state_dict().values() if p.is_floating_point()])
+
+
+def test_short_run_learns_something(tmp_path):
+    cfg = tiny(tmp_path, steps=30, batch_size=16, lr_d=1e-3, lr_g=1e-3, penalty="none")
+    summary = Trainer(cfg, log=lambda s: None).train()
+    assert summary["status"] == "completed" and summary["step"] == 30
+    log = [json.loads(line) for line in open(os.path.join(cfg.out, "log.jsonl"))]
+    assert len(log) == 30
+    for rec in log:
+        for k in ("d_loss", "g_loss", "penalty", "d_acc", "images_per_s", "step_ms"):
+            assert rec[k] is not None and torch.isfinite(torch.tensor(float(rec[k]))), (k, rec)
+    accs = [r["d_acc"] for r in log]
+    assert max(accs) - min(accs) > 0.1, f"D accuracy never moved: {accs}"
+    assert os.path.exists(os.path.join(cfg.out, "samples", "step_0000030.png"))
+    assert os.path.exists(os.path.join(cfg.out, "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("loss,penalty", [("hinge", "wgan-gp"), ("wgan", "wgan-gp"), ("lsgan", "none"),
+                                          ("ns", "r1")])
+def test_every_loss_and_penalty_runs(tmp_path, loss, penalty):
+    cfg = tiny(tmp_path, loss=loss, penalty=penalty, steps=2, reg_interval=1, n_critic=2)
+    t = Trainer(cfg)
+    t.train()
+    assert t.d_steps == 4 and t.step == 2
+    last = t.history[-1]
+    assert all(torch.isfinite(torch.tensor(last[k])) for k in ("d_loss", "g_loss", "penalty"))
+    if penalty != "none":
+        assert any(h["penalty"] > 0 for h in t.history)
+
+
+def test_resume_is_exact(tmp_path):
+    full = Trainer(tiny(tmp_path / "a", steps=6, penalty="r1", reg_interval=2))
+    full.train()
+    first = Trainer(tiny(tmp_path / "b", steps=3, penalty="r1", reg_interval=2))
+    first.train()
+    resumed = Trainer(tiny(tmp_path / "b", steps=6, penalty="r1", reg_interval=2),
+                      resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
+    assert resumed.step == 3
+    resumed.train()
+    for name in ("G", "D", "G_ema"):
+        assert torch.equal(params(getattr(full, name)), params(getattr(resumed, name))), name
+    assert [h["d_loss"] for h in full.history[3:]] == [h["d_loss"] for h in resumed.history]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.pt")
+    save_checkpoint({"config": {}, "step": 1, "G": {}, "D": {}, "G_ema": {}, "opt_g": {}, "opt_d": {},
+                     "rng": {}}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint({"config": {}, "step": 2, "G": {}, "D": {}, "G_ema": {}, "opt_g": {}, "opt_d": {},
+                         "rng": {}}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1, "the previous checkpoint must survive a failed write"
+    assert os.listdir(tmp_path) == ["c.pt"], "no temporary file left behind"
+
+
+def test_corrupted_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(str(bad))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a fastgan checkpoint"):
+        load_checkpoint(str(foreign))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    # truncated real checkpoint
+    t = Trainer(tiny(tmp_path, steps=1))
+    t.train()
+    data = open(t.cfg.out + "/checkpoint.pt", "rb").read()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_checkpoint(str(trunc))
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    t = Trainer(tiny(tmp_path, steps=1))
+    t.train()
+    state = load_checkpoint(t.cfg.out + "/checkpoint.pt")
+    state["G"]["to_rgb.weight"] = torch.zeros(1)
+    path = str(tmp_path / "edited.pt")
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, path)
+    with pytest.raises(CheckpointError, match="does not fit these models"):
+        Trainer(tiny(tmp_path, steps=2), resume=path)
+
+
+def _cli(args, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "FASTGAN_BACKEND"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen([sys.executable, "-m", "fastgan", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+TINY_ARGS = ["--plain-torch", "--width", "8", "--z-dim", "16", "--batch-size", "8", "--no-progress",
+             "--log-every", "1"]
+
+
+def test_cli_train_sample_and_errors(tmp_path):
+    out = tmp_path / "cli"
+    p = _cli(["train", *TINY_ARGS, "--steps", "2", "--out", str(out)])
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    assert "completed at step 2" in stdout
+    p = _cli(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "9", "--out", str(tmp_path / "g.png")])
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size == (3 * 34 + 2, 3 * 34 + 2)
+    for args, msg in [(["train", "--data", str(tmp_path / "nope")], "no such file"),
+                      (["train", "--steps", "0"], "steps must be a positive integer"),
+                      (["sample", "--checkpoint", str(tmp_path / "g.png")], "not a readable checkpoint")]:
+        p = _cli(args)
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 2, (args, stderr)
+        assert msg in stderr and "Traceback" not in stderr, stderr
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    out = tmp_path / "sig"
+    p = _cli(["train", *TINY_ARGS, "--steps", "100000", "--out", str(out)])
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    while not (log.exists() and log.stat().st_size > 0) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1]
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=240)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stdout
+    state = load_checkpoint(str(out / "checkpoint.pt"))
+    assert 1 <= state["step"] < 100000
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from fastgan.train import Trainer, TrainConfig
+out = sys.argv[1]
+cfg = TrainConfig(resolution=32, n_embedded=64, z_dim=16, g_width=8, d_width=8, batch_size=8, steps=3,
+                  device="cpu", out=out + "/run", progress=False, penalty="r1", reg_interval=1, fused=False)
+t = Trainer(cfg)
+t.train()
+assert t.dist.world_size == 2
+torch.save({"G": t.G.state_dict(), "D": t.D.state_dict()}, f"{out}/replica{t.dist.rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_two_processes_keep_replicas_identical(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "FASTGAN_BACKEND"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(script), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reps = [torch.load(str(tmp_path / f"replica{i}.pt"), weights_only=True) for i in range(2)]
+    for name in ("G", "D"):
+        for k in reps[0][name]:
+            assert torch.equal(reps[0][name][k], reps[1][name][k]), (name, k)
+    single = Trainer(TrainConfig(resolution=32, n_embedded=64, z_dim=16, g_width=8, d_width=8, batch_size=8,
+                                 steps=1, device="cpu", out=str(tmp_path / "single"), progress=False, fused=False))
+    moved = any(not torch.equal(reps[0]["D"][k], v) for k, v in single.D.state_dict().items()
+                if v.is_floating_point())
+    assert moved, "D never changed: the run did not train"
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["step"] == 3
