@@ -223,6 +223,23 @@ class Trainer:
         ema_update_(self.G_ema, self.G, self.cfg.ema_decay)
         return {"g_loss": loss.detach()}
 
+    def to_device(self, real: torch.Tensor) -> torch.Tensor:
+        real = real.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            real = real.contiguous(memory_format=torch.channels_last)
+        return real
+
+    def train_step(self, reals: list[torch.Tensor]) -> dict:
+        """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
+        G step. Returns detached 0-d tensors (no host sync)."""
+        if len(reals) != self.cfg.n_critic:
+            raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
+        for real in reals:
+            stats = self.d_step(self.to_device(real))
+        stats.update(self.g_step(reals[0].shape[0]))
+        self.step += 1
+        return stats
+
     # ------------------------------------------------------------------ loop
 
     def _on_signal(self, signum, frame):
@@ -243,7 +260,6 @@ class Trainer:
             with open(os.path.join(cfg.out, "config.json"), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=1)
         start_step = self.step
-        per_rank = cfg.batch_size // self.dist.world_size
         d_batches = (cfg.steps - start_step) * cfg.n_critic
         loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
                              cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
@@ -263,14 +279,7 @@ class Trainer:
         data = iter(loader)
         try:
             while self.step < cfg.steps:
-                for _ in range(cfg.n_critic):
-                    (real,) = next(data)
-                    real = real.to(self.device, non_blocking=True)
-                    if self.device.type == "cuda":
-                        real = real.contiguous(memory_format=torch.channels_last)
-                    stats = self.d_step(real)
-                stats.update(self.g_step(per_rank))
-                self.step += 1
+                stats = self.train_step([next(data)[0] for _ in range(cfg.n_critic)])
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.perf_counter()
                     rec = {k: float(v) for k, v in stats.items()}  # host sync only every log_every steps
