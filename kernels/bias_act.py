@@ -73,14 +73,16 @@ def _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST: tl.constexpr, BLOC
 
 
 @triton.jit
-def _bias_act_fwd_kernel(x_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gain, clamp,
-                         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                         IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+def _bias_act_fwd_kernel(x_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gain, clamp,
+                         ACT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     z = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
+    if HAS_SCALE:  # per-channel scale (the batch-norm epilogue: z = x * scale + shift)
+        z *= tl.load(s_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
     if HAS_BIAS:
         z += tl.load(b_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
     y = act_fwd(z, alpha, ACT) * gain
@@ -186,18 +188,24 @@ def _output_like(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float,
-                 gain: float, clamp: float | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y = clamp(act(x + b) * gain); y has x's dtype and memory layout (written into ``out`` if given)."""
-    check_launch_dtype(x, b)
+                 gain: float, clamp: float | None, out: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """y = clamp(act(x * scale + b) * gain); y has x's dtype and memory layout (written into
+    ``out`` if given). ``scale`` (per channel, optional) serves the batch-norm epilogue; it and
+    ``b`` may be float32 for half inputs (they are read in the compute precision)."""
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"kernel input must be float16/bfloat16/float32/float64, got {x.dtype}")
+    if scale is None:
+        check_launch_dtype(x, b)
     x, (outer, c, inner) = _dense(x, dim)
     y = _output_like(x, out)
     if x.numel() == 0:
         return y
     cl, block_r, block_i, n = _blocks(outer, c, inner)
     _bias_act_fwd_kernel[(n,)](
-        x, b if b is not None else x, y, outer, c, inner,
+        x, scale if scale is not None else x, b if b is not None else x, y, outer, c, inner,
         float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
-        ACT=ACT_IDS[act], HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
+        ACT=ACT_IDS[act], HAS_SCALE=scale is not None, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
         IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl, BLOCK_R=block_r, BLOCK_I=block_i,
         num_warps=_num_warps(block_r, block_i))
     return y

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import bias_act, resolve_act
+from ..functional import resolve_act
+from ..functional.batch_norm_act import batch_norm_act
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -12,10 +13,10 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     It *is* an ``nn.BatchNorm2d`` (same parameters ``weight``/``bias``, buffers
     ``running_mean``/``running_var``/``num_batches_tracked``, same training/eval semantics and
-    state_dict), with the activation fused into one pass over the normalised tensor.
-    The normalisation itself runs through ``F.batch_norm`` (cuDNN on GPU), which already reads
-    the input once for the statistics and once to normalise; the activation adds one fused
-    pass instead of the three (act, mul, clamp) eager PyTorch would run.
+    state_dict). In training mode the statistics, normalisation, affine map and activation run
+    as two fused passes forward (statistics; normalise + activate) and two backward, instead
+    of batch norm's two plus the activation's separate passes
+    (``fastgan.functional.batch_norm_act``).
 
     Defaults follow fastgan's activation table (relu: gain sqrt(2)); pass ``gain=1.0`` to
     reproduce ``nn.BatchNorm2d`` + ``nn.ReLU`` exactly.
@@ -31,8 +32,16 @@ class BatchNormAct2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"BatchNormAct2d expects a 4-d input [N, C, H, W], got shape {tuple(x.shape)}")
-        return bias_act(super().forward(x), None, dim=1, act=self.act, alpha=self.alpha, gain=self.gain,
-                        clamp=self.clamp)
+        # running-statistics bookkeeping exactly as nn.BatchNorm2d.forward does it
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return batch_norm_act(x, self.running_mean if track else None, self.running_var if track else None,
+                              self.weight, self.bias, use_batch_stats, factor, self.eps, act=self.act,
+                              alpha=self.alpha, gain=self.gain, clamp=self.clamp)
 
     @classmethod
     def from_torch(cls, bn: nn.BatchNorm2d, act: str = "relu", alpha=None, gain=None, clamp=None):
