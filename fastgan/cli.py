@@ -88,8 +88,14 @@ class CliError(Exception):
 def _train_config(args):
     from fastgan.train import TrainConfig
 
-    fields = dict(data=args.data, resolution=args.resolution, z_dim=args.z_dim, g_width=args.width,
-                  d_width=args.width, fused=not args.plain_torch, loss=args.loss, penalty=args.penalty,
+    width = args.width
+    if width is None:
+        import torch
+
+        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+        width = 64 if on_gpu else 32
+    fields = dict(data=args.data, resolution=args.resolution, z_dim=args.z_dim, g_width=width,
+                  d_width=width, fused=not args.plain_torch, loss=args.loss, penalty=args.penalty,
                   gamma=args.gamma, reg_interval=args.reg_interval, n_critic=args.n_critic,
                   batch_size=args.batch_size, steps=args.steps, lr_g=args.lr, lr_d=args.lr, seed=args.seed,
                   device=args.device, out=args.out, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
@@ -183,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of G and D")
     train.add_argument("--betas", type=float, nargs=2, default=None,
                        help="Adam betas (default 0.5 0.999; 0.0 0.9 with wgan / wgan-gp)")
-    train.add_argument("--width", type=int, default=64, help="base channel width of G and D")
+    train.add_argument("--width", type=int, default=None,
+                       help="base channel width of G and D (default: 64 on CUDA, 32 on the CPU)")
     train.add_argument("--z-dim", type=int, default=128, help="latent size")
     train.add_argument("--plain-torch", action="store_true", help="build the models from plain torch modules")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
