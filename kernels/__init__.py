@@ -12,4 +12,6 @@ from .penalty import PENALTY_KINDS, grad_penalty_bwd, grad_penalty_fwd, interpol
 
 __all__ = ["ACT_IDS", "bn_stats", "bn_act_bwd", "bias_act_fwd", "bias_act_bwd", "channel_layout", "is_interpreted",
            "LOSS_TERMS", "gan_loss", "PENALTY_KINDS", "interpolate", "grad_penalty_fwd", "grad_penalty_bwd"]
+from .conv import conv2d_act_fwd, conv_transpose2d_act_fwd  # noqa: E402
 
+__all__ += ["conv2d_act_fwd", "conv_transpose2d_act_fwd"]

@@ -8,4 +8,6 @@ from .penalty import PENALTY_KINDS, gradient_penalty, lazy_adam_hparams, lazy_re
 __all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act",
            "LOSS_KINDS", "d_loss", "g_loss",
            "PENALTY_KINDS", "gradient_penalty", "lazy_regularization", "lazy_adam_hparams"]
+from .conv import conv2d_act, conv_transpose2d_act  # noqa: E402
 
+__all__ += ["conv2d_act", "conv_transpose2d_act"]

@@ -1,0 +1,174 @@
+"""Per-shape choice between fastgan's fused Triton convolution and the vendor path.
+
+Two implementations compute the same forward of a convolution layer:
+
+- ``"triton"``: the fused implicit-GEMM kernel (conv + bias + activation in one pass);
+- ``"vendor"``: ``F.conv2d`` / ``F.conv_transpose2d`` (cuDNN on CUDA) without bias, then the
+  fused bias_act kernel.
+
+Which one is faster depends on the shape, the dtype, the layout and the GPU, so on CUDA
+both are timed once per key (op, shapes, conv arguments, dtype, layout, device name) and
+the winner is remembered in memory and on disk, as JSON in ``$FASTGAN_CACHE_DIR`` (default
+``~/.cache/fastgan``) file ``conv_dispatch.json``, written atomically (temp file + os.replace).
+
+``FASTGAN_CONV=triton|vendor`` forces one everywhere (``auto`` or unset: choose). On the
+CPU (Triton interpreter) nothing is timed and "triton" is chosen, so that the kernels are
+exercised. While a CUDA graph is being captured nothing can be timed: an unknown key then
+runs "triton" without recording a choice (warm the cache up before capturing).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import warnings
+from typing import Callable
+
+import torch
+
+__all__ = ["IMPLS", "forced_impl", "choose", "cache_path", "clear_memory_cache"]
+
+IMPLS = ("triton", "vendor")
+_ENV = "FASTGAN_CONV"
+_CACHE_FILE = "conv_dispatch.json"
+
+_lock = threading.Lock()
+_memory: dict[str, str] = {}
+_disk_loaded_from: str | None = None
+_warned_disk = False
+
+
+def forced_impl() -> str | None:
+    """The implementation forced by ``FASTGAN_CONV`` ("triton"/"vendor"), or None (choose)."""
+    value = os.environ.get(_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in IMPLS:
+        raise ValueError(f"{_ENV}={os.environ.get(_ENV)!r} is not a valid choice; expected one of "
+                         f"{IMPLS + ('auto',)} (or unset)")
+    return value
+
+
+def cache_path() -> str:
+    root = os.environ.get("FASTGAN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastgan")
+    return os.path.join(root, _CACHE_FILE)
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-memory choices (the disk file is re-read on the next CUDA lookup)."""
+    global _disk_loaded_from
+    with _lock:
+        _memory.clear()
+        _disk_loaded_from = None
+
+
+def _warn_disk(exc: Exception) -> None:
+    global _warned_disk
+    if not _warned_disk:
+        _warned_disk = True
+        warnings.warn(f"fastgan: conv dispatch cache {cache_path()} unusable ({exc}); "
+                      "choices are kept in memory only", RuntimeWarning, stacklevel=4)
+
+
+def _read_disk(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _warn_disk(exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and v in IMPLS}
+
+
+def _load_disk() -> None:
+    global _disk_loaded_from
+    path = cache_path()
+    if _disk_loaded_from == path:
+        return
+    for key, value in _read_disk(path).items():
+        _memory.setdefault(key, value)
+    _disk_loaded_from = path
+
+
+def _save_disk(key: str, value: str) -> None:
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = _read_disk(path)  # merge with what other processes wrote meanwhile
+        data[key] = value
+        fd, tmp = tempfile.mkstemp(prefix=".conv_dispatch.", suffix=".tmp", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        _warn_disk(exc)
+
+
+def _time_ms(fn: Callable[[], object], warmup: int = 2, reps: int = 7) -> float:
+    """Median time of ``fn`` in ms on the current CUDA stream (the first warm-up call compiles)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def make_key(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple) -> str:
+    def layout(t):
+        return "cl" if (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+                        and not t.is_contiguous()) else "nchw" if t.is_contiguous() else "strided"
+    name = torch.cuda.get_device_name(x.device) if x.is_cuda else x.device.type
+    return "|".join([op, "x" + "x".join(map(str, x.shape)), "w" + "x".join(map(str, w.shape)),
+                     ",".join(map(str, args)), str(x.dtype).replace("torch.", ""),
+                     f"{layout(x)}/{layout(w)}", name])
+
+
+def choose(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple,
+           run: Callable[[str], object]) -> str:
+    """"triton" or "vendor" for this call; ``run(impl)`` performs the forward with one impl
+    (it is called for timing only on CUDA, once per new key, under ``torch.no_grad``)."""
+    forced = forced_impl()
+    if forced is not None:
+        return forced
+    if not x.is_cuda:
+        return "triton"
+    key = make_key(op, x, w, args)
+    with _lock:
+        _load_disk()
+        choice = _memory.get(key)
+    if choice is not None:
+        return choice
+    if torch.cuda.is_current_stream_capturing():
+        return "triton"
+    with torch.no_grad():
+        try:
+            t_triton = _time_ms(lambda: run("triton"))
+        except Exception as exc:  # a kernel that cannot compile for this shape: use the vendor path
+            warnings.warn(f"fastgan: Triton conv failed for {key} ({type(exc).__name__}: {exc}); "
+                          "using the vendor path for this shape", RuntimeWarning, stacklevel=3)
+            t_triton = float("inf")
+        t_vendor = _time_ms(lambda: run("vendor"))
+    choice = "triton" if t_triton <= t_vendor else "vendor"
+    with _lock:
+        _memory[key] = choice
+        _save_disk(key, choice)
+    return choice

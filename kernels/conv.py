@@ -1,0 +1,414 @@
+"""Fused convolution / transposed convolution + bias + activation + gain + clamp (forward).
+
+One implicit-GEMM kernel serves both ops (``TRANSPOSED`` is a compile-time switch):
+
+    GEMM view:  M = output pixels (N * OH * OW), N = output channels of one group,
+                K = taps x input channels of one group (KH * KW * Cin/groups)
+    epilogue:   z = acc (fp32, fp64 for float64 inputs), y = clamp(act(z + b) * gain)
+
+The A operand (the im2col matrix of x) is never materialised: each K block gathers its
+input pixels straight from x through x's strides, so NCHW and channels_last (NHWC) inputs
+both run without a copy; NHWC makes the channel (K) axis contiguous, the fast layout.
+The weight is read through its strides too; on the GPU a weight in torch's default layout
+is first copied to channels_last (small), so that its tile loads run along a contiguous axis.
+
+Transposed convolution uses *phase decomposition* (no zero-inserted input): output pixels
+are split by their phase (oh % stride_h, ow % stride_w) and each phase is one dense
+sub-problem whose taps are only those kh with (phase + pad - kh * dil) divisible by the
+stride; for them ih = oh // stride + (phase + pad - kh * dil) / stride exactly. Grid axis 1
+runs over (group, phase); the taps of a phase are found in the kernel (a short scalar
+loop), so the launch needs no host-side table (and stays CUDA-graph capturable).
+
+K is walked in one of two ways (compile-time ``TAP_LOOP``):
+- tap loop: for each tap (kh, kw), compute the row offsets and masks once, then walk the
+  input channels in BLOCK_K chunks; used on the GPU when Cin/groups >= 16;
+- flattened: K is one range decomposed per element into (tap, channel); no work is lost
+  to channel padding when Cin/groups is small (RGB input layers), and under the
+  interpreter it means fewer, larger steps.
+
+Precision: fp16/bf16 inputs use tensor-core dots with fp32 accumulation. fp32 inputs use
+tl.dot with ``input_precision="tf32"`` when ``TF32`` is set (the launcher follows
+``torch.backends.cudnn.allow_tf32``, i.e. what F.conv2d itself does on CUDA, default on),
+else "ieee". The Triton interpreter computes dots exactly in fp32 whatever the flag.
+Under the interpreter, fp16/bf16 tiles are converted to fp32 before the dot (its numpy
+dot does not take bf16; bf16 x bf16 products are exact in fp32, as on tensor cores), and
+bf16 outputs are rounded to nearest even explicitly (its fp32 -> bf16 cast truncates).
+float64 (used by gradcheck only) takes an elementwise multiply + tl.sum path, since
+tl.dot has no fp64 form on the GPU.
+
+Offsets: the batch term (n * stride_n) is int64, so tensors over 2^31 elements index
+correctly; per-image offsets stay int32 (one image is far below 2^31 elements).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .activation import ACT_IDS, act_fwd
+from .common import check_launch_dtype, is_interpreted
+
+__all__ = ["conv2d_act_fwd", "conv_transpose2d_act_fwd", "conv_output_size",
+           "conv_transpose_output_size", "output_channels_last"]
+
+
+@triton.jit
+def _round_bf16_rtne(v):
+    """fp32 -> the nearest bf16 value (ties to even), still as fp32, by integer rounding of the
+    bits. Only for the interpreter, whose fp32 -> bf16 cast truncates (the GPU rounds to
+    nearest even); after it the truncating cast is exact. NaN/Inf are not special-cased."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _conv_act_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+        N, CIG, H, W, COG, OH, OW, OHP, OWP,
+        sx_n, sx_c, sx_h, sx_w,
+        sw_g, sw_o, sw_i, sw_h, sw_w,
+        sy_n, sy_c, sy_h, sy_w,
+        KH, KW, STR_H, STR_W, PAD_H, PAD_W, DIL_H, DIL_W, STEP_H, STEP_W,
+        alpha, gain, clamp,
+        TRANSPOSED: tl.constexpr, TAP_LOOP: tl.constexpr, ACT: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
+        IS_F64: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_gp = tl.program_id(1)
+    n_nblocks = (COG + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // n_nblocks
+    pid_n = pid % n_nblocks
+
+    # ---- which group (and, transposed, which output phase) this program works on
+    if TRANSPOSED:
+        n_phases = STR_H * STR_W
+        g = pid_gp // n_phases
+        phase = pid_gp % n_phases
+        ph_h = phase // STR_W
+        ph_w = phase % STR_W
+    else:
+        g = pid_gp
+        ph_h = 0
+        ph_w = 0
+
+    # ---- rows: output pixels
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if TRANSPOSED:
+        n = rm // (OHP * OWP)
+        r = rm % (OHP * OWP)
+        i = r // OWP
+        j = r % OWP
+        oh = ph_h + i * STR_H
+        ow = ph_w + j * STR_W
+        m_ok = (n < N) & (oh < OH) & (ow < OW)
+        base_h = i  # ih = oh // STR_H + (ph + pad - kh * dil) / STR_H
+        base_w = j
+    else:
+        n = rm // (OH * OW)
+        r = rm % (OH * OW)
+        oh = r // OW
+        ow = r % OW
+        m_ok = n < N
+        base_h = oh * STR_H - PAD_H
+        base_w = ow * STR_W - PAD_W
+    n64 = n.to(tl.int64)
+    x_rows = x_ptr + (n64 * sx_n + g * CIG * sx_c)  # [BLOCK_M] pointers
+
+    # ---- columns: output channels of group g
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_ok = co < COG
+    w_base = w_ptr + g * sw_g
+
+    # ---- taps of this phase (transposed): kh = kh0 + t * STEP_H, t < nkh
+    if TRANSPOSED:
+        kh0 = ph_h * 0
+        nkh = ph_h * 0
+        for qh in range(0, KH):
+            ok_h = ((ph_h + PAD_H - qh * DIL_H + STR_H * KH * DIL_H) % STR_H) == 0
+            kh0 = tl.where(ok_h & (nkh == 0), qh, kh0)
+            nkh += ok_h.to(tl.int32)
+        kw0 = ph_w * 0
+        nkw = ph_w * 0
+        for qw in range(0, KW):
+            ok_w = ((ph_w + PAD_W - qw * DIL_W + STR_W * KW * DIL_W) % STR_W) == 0
+            kw0 = tl.where(ok_w & (nkw == 0), qw, kw0)
+            nkw += ok_w.to(tl.int32)
+    else:
+        kh0 = 0
+        kw0 = 0
+        nkh = KH
+        nkw = KW
+
+    if IS_F64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    rk = tl.arange(0, BLOCK_K)
+    if TAP_LOOP:
+        for th in range(0, nkh):
+            kh = kh0 + th * STEP_H
+            if TRANSPOSED:
+                ih = base_h + (ph_h + PAD_H - kh * DIL_H) // STR_H
+            else:
+                ih = base_h + kh * DIL_H
+            h_ok = m_ok & (ih >= 0) & (ih < H)
+            for tw in range(0, nkw):
+                kw = kw0 + tw * STEP_W
+                if TRANSPOSED:
+                    iw = base_w + (ph_w + PAD_W - kw * DIL_W) // STR_W
+                else:
+                    iw = base_w + kw * DIL_W
+                row_ok = h_ok & (iw >= 0) & (iw < W)
+                a_rows = x_rows + (ih * sx_h + iw * sx_w)
+                w_tap = w_base + (kh * sw_h + kw * sw_w)
+                for c0 in range(0, CIG, BLOCK_K):
+                    c = c0 + rk
+                    c_ok = c < CIG
+                    a = tl.load(a_rows[:, None] + (c * sx_c)[None, :],
+                                mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+                    b = tl.load(w_tap + (c * sw_i)[:, None] + (co * sw_o)[None, :],
+                                mask=c_ok[:, None] & co_ok[None, :], other=0.0)
+                    if IS_F64:
+                        acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
+                    elif UPCAST:
+                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                    elif TF32:
+                        acc = tl.dot(a, b, acc, input_precision="tf32")
+                    else:
+                        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        K = nkh * nkw * CIG
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + rk
+            k_ok = k < K
+            c = k % CIG
+            t = k // CIG
+            kh_v = kh0 + (t // nkw) * STEP_H
+            kw_v = kw0 + (t % nkw) * STEP_W
+            if TRANSPOSED:
+                ih = base_h[:, None] + ((ph_h + PAD_H - kh_v * DIL_H) // STR_H)[None, :]
+                iw = base_w[:, None] + ((ph_w + PAD_W - kw_v * DIL_W) // STR_W)[None, :]
+            else:
+                ih = base_h[:, None] + (kh_v * DIL_H)[None, :]
+                iw = base_w[:, None] + (kw_v * DIL_W)[None, :]
+            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+            a = tl.load(x_rows[:, None] + (ih * sx_h + iw * sx_w + (c * sx_c)[None, :]), mask=a_ok, other=0.0)
+            w_k = c * sw_i + kh_v * sw_h + kw_v * sw_w
+            b = tl.load(w_base + w_k[:, None] + (co * sw_o)[None, :],
+                        mask=k_ok[:, None] & co_ok[None, :], other=0.0)
+            if IS_F64:
+                acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
+            elif UPCAST:
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+            elif TF32:
+                acc = tl.dot(a, b, acc, input_precision="tf32")
+            else:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+
+    # ---- epilogue on the accumulator: z = conv(x, w); y = clamp(act(z + b) * gain)
+    out_ok = m_ok[:, None] & co_ok[None, :]
+    chan = g * COG + co
+    out_offs = (n64 * sy_n + oh * sy_h + ow * sy_w)[:, None] + (chan * sy_c)[None, :]
+    if STORE_Z:
+        if RTNE_BF16:
+            tl.store(z_ptr + out_offs, _round_bf16_rtne(acc).to(z_ptr.dtype.element_ty), mask=out_ok)
+        else:
+            tl.store(z_ptr + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_ok)
+    v = acc
+    if HAS_BIAS:
+        v += tl.load(b_ptr + chan, mask=co_ok, other=0.0).to(acc.dtype)[None, :]
+    y = act_fwd(v, alpha, ACT) * gain
+    if HAS_CLAMP:
+        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+    if RTNE_BF16:
+        y = _round_bf16_rtne(y)
+    tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return v
+
+
+def conv_output_size(size, k, stride, pad, dil):
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def conv_transpose_output_size(size, k, stride, pad, dil, out_pad):
+    return (size - 1) * stride - 2 * pad + dil * (k - 1) + out_pad + 1
+
+
+def _channels_last_strided(t: torch.Tensor) -> bool:
+    return (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+            and not t.is_contiguous())
+
+
+def output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """The memory format F.conv2d picks: channels_last when x or the weight is channels_last."""
+    return _channels_last_strided(x) or _channels_last_strided(w)
+
+
+def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bool | None):
+    """(tap_loop, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for one problem.
+
+    GPU: a small heuristic table (fixed, so the choice is CUDA-graph safe and costs no
+    tuning launches); the per-shape dispatcher compares the result against cuDNN anyway.
+    Interpreter: few, large programs (each program is one numpy evaluation).
+    """
+    np2 = triton.next_power_of_2
+    if is_interpreted():
+        if tap_loop is None:
+            tap_loop = False
+        block_n = min(max(16, np2(cog)), 128)
+        block_k = min(max(16, np2(cig if tap_loop else k)), 128)
+        block_m = min(max(16, np2(m)), 1024)
+        if dtype == torch.float64:  # the fp64 path materialises a [BM, BK, BN] product
+            while block_m * block_k * block_n > (1 << 21) and block_m > 16:
+                block_m //= 2
+        return tap_loop, block_m, block_n, block_k, 4, 1
+    if tap_loop is None:
+        tap_loop = cig >= 16
+    if dtype == torch.float64:
+        return tap_loop, 32, 16, 16, 4, 1
+    half = dtype in (torch.float16, torch.bfloat16)
+    block_n = min(max(16, np2(cog)), 128)
+    block_m = 128 if m >= 128 * 16 else min(max(16, np2(m)), 64)
+    kmax = 64 if half else 32
+    block_k = min(max(16, np2(cig if tap_loop else k)), kmax)
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    num_stages = 3 if half else 2
+    return tap_loop, block_m, block_n, block_k, num_warps, num_stages
+
+
+def _use_tf32(x: torch.Tensor) -> bool:
+    """The dot's input_precision flag: "tf32" (Triton's default, a no-op for fp16/bf16) for half
+    inputs, and for fp32 when cuDNN convolutions may use tf32; "ieee" otherwise."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return True
+    return x.dtype == torch.float32 and x.is_cuda and bool(torch.backends.cudnn.allow_tf32)
+
+
+def _check_out(t, shape, like, name):
+    if t is None:
+        return
+    if tuple(t.shape) != tuple(shape) or t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, dtype {like.dtype} and device "
+                         f"{like.device}; got {tuple(t.shape)}, {t.dtype}, {t.device}")
+
+
+def _launch(x, w, b, stride, padding, dilation, groups, output_padding, transposed, act, alpha, gain,
+            clamp, store_z, y, z, tap_loop):
+    check_launch_dtype(x, w, b)
+    if act not in ACT_IDS:
+        raise ValueError(f"unknown activation {act!r}")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    oph, opw = _pair(output_padding, "output_padding")
+    n_, c_in, h, w_in = x.shape
+    kh, kw = w.shape[2], w.shape[3]
+    if transposed:
+        cig = c_in // groups
+        cog = w.shape[1]
+        oh = conv_transpose_output_size(h, kh, sh, ph, dh, oph)
+        ow = conv_transpose_output_size(w_in, kw, sw, pw, dw, opw)
+        ohp, owp = triton.cdiv(oh, sh), triton.cdiv(ow, sw)
+        step_h, step_w = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
+        rows, grid1 = n_ * ohp * owp, groups * sh * sw
+    else:
+        cig = w.shape[1]
+        cog = w.shape[0] // groups
+        oh = conv_output_size(h, kh, sh, ph, dh)
+        ow = conv_output_size(w_in, kw, sw, pw, dw)
+        ohp, owp = oh, ow
+        step_h, step_w = 1, 1
+        rows, grid1 = n_ * oh * ow, groups
+    cout = cog * groups
+    shape = (n_, cout, oh, ow)
+    fmt = torch.channels_last if output_channels_last(x, w) else torch.contiguous_format
+    _check_out(y, shape, x, "y")
+    _check_out(z, shape, x, "z")
+    if y is None:
+        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    if store_z:
+        if z is None:
+            z = torch.empty_like(y)
+        elif z.stride() != y.stride():
+            raise ValueError("z must have the same strides as y")
+    else:
+        z = None
+    if y.numel() == 0:
+        return y, z
+    if b is not None:
+        b = b.contiguous()
+    if not is_interpreted() and w.numel() > 0 and w.stride(1) != 1 and w.stride(0) != 1:
+        # On the GPU, read the weight tile along a contiguous axis: torch's default layout
+        # has neither the reduction (Cin) nor the output-channel axis contiguous. The
+        # channels_last copy ([O, kH, kW, I] in memory) makes Cin (conv) or Cout/groups
+        # (transposed) contiguous; weights are small, so the copy costs little.
+        w = w.contiguous(memory_format=torch.channels_last)
+    if x.numel() == 0 or w.numel() == 0:
+        # empty reduction (no input pixels or channels): every load is masked, z = 0;
+        # give the kernel a real (never read) pointer instead of an empty allocation
+        dummy = torch.zeros(1, dtype=x.dtype, device=x.device)
+        x = dummy.as_strided(x.shape, [0] * 4) if x.numel() == 0 else x
+        w = dummy.as_strided(w.shape, [0] * 4) if w.numel() == 0 else w
+    if transposed:  # weight [Cin, Cout/g, KH, KW]: group g starts at row g * Cin/g
+        sw_g, sw_o, sw_i = cig * w.stride(0), w.stride(1), w.stride(0)
+    else:  # weight [Cout, Cin/g, KH, KW]: group g starts at row g * Cout/g
+        sw_g, sw_o, sw_i = cog * w.stride(0), w.stride(0), w.stride(1)
+    k_total = kh * kw * cig
+    tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop)
+    grid = (triton.cdiv(rows, bm) * triton.cdiv(cog, bn), grid1)
+    _conv_act_kernel[grid](
+        x, w, b if b is not None else w, y, z if z is not None else y,
+        n_, cig, h, w_in, cog, oh, ow, ohp, owp,
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+        sw_g, sw_o, sw_i, w.stride(2), w.stride(3),
+        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+        kh, kw, sh, sw, ph, pw, dh, dw, step_h, step_w,
+        float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
+        TRANSPOSED=transposed, TAP_LOOP=tap, ACT=ACT_IDS[act], HAS_BIAS=b is not None,
+        HAS_CLAMP=clamp is not None, STORE_Z=z is not None, IS_F64=x.dtype == torch.float64,
+        TF32=_use_tf32(x), UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16),
+        RTNE_BF16=is_interpreted() and x.dtype == torch.bfloat16,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return y, z
+
+
+def conv2d_act_fwd(x, w, b, stride=1, padding=0, dilation=1, groups=1, act="linear", alpha=0.0,
+                   gain=1.0, clamp=None, *, store_z=False, y=None, z=None, tap_loop=None):
+    """y = clamp(act(conv2d(x, w) + b) * gain); returns ``(y, z)`` with z = conv2d(x, w)
+    (pre-bias) when ``store_z`` else None.
+
+    x [N, Cin, H, W] and w [Cout, Cin/groups, KH, KW] of one float dtype, any strides.
+    y (and z) are channels_last when x or w is, else NCHW (as F.conv2d). ``y``/``z`` may be
+    given as preallocated outputs of the right shape (any strides; z's must equal y's).
+    ``tap_loop`` forces the K-walk (None: heuristic). Arguments are assumed valid (the
+    functional layer checks them).
+    """
+    return _launch(x, w, b, stride, padding, dilation, groups, 0, False, act, alpha, gain, clamp,
+                   store_z, y, z, tap_loop)
+
+
+def conv_transpose2d_act_fwd(x, w, b, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                             act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False, y=None,
+                             z=None, tap_loop=None):
+    """y = clamp(act(conv_transpose2d(x, w) + b) * gain); see :func:`conv2d_act_fwd`.
+
+    w is [Cin, Cout/groups, KH, KW] (torch's transposed layout). Phase-decomposed: no
+    zero-inserted input is built.
+    """
+    return _launch(x, w, b, stride, padding, dilation, groups, output_padding, True, act, alpha, gain,
+                   clamp, store_z, y, z, tap_loop)
