@@ -100,7 +100,7 @@ def _train_config(args):
                   batch_size=args.batch_size, steps=args.steps, lr_g=args.lr, lr_d=args.lr, seed=args.seed,
                   device=args.device, out=args.out, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
                   log_every=args.log_every, progress=not args.no_progress, workers=args.workers,
-                  amp=None if args.amp == "auto" else args.amp == "on")
+                  amp=None if args.amp == "auto" else args.amp == "on", cuda_graphs=args.cuda_graphs)
     if args.betas is not None:
         fields["betas"] = tuple(args.betas)
     elif args.penalty == "wgan-gp" or args.loss == "wgan":
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plain-torch", action="store_true", help="build the models from plain torch modules")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast (auto: on CUDA)")
+    train.add_argument("--cuda-graphs", action="store_true",
+                       help="capture the D and G steps (gradient penalty included) in CUDA graphs; CUDA, one process")
     train.add_argument("--seed", type=int, default=0, help="random seed (runs are deterministic on the CPU)")
     train.add_argument("--out", default="runs/fastgan", help="output folder: checkpoint, samples, log.jsonl")
     train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",

@@ -10,22 +10,26 @@ from the input gradient. The same idea as StyleGAN2-ADA's ``conv2d_gradfix``.
 from __future__ import annotations
 
 import contextlib
-import threading
 
-_state = threading.local()
+# A process-wide counter, not a thread-local: on CUDA the autograd engine runs backward
+# functions on its own per-device worker threads, which would not see a thread-local flag
+# set by the thread that called autograd.grad.
+_disabled = 0
 
 
 def weight_gradients_enabled() -> bool:
-    """False inside ``no_weight_gradients()`` (per thread)."""
-    return not getattr(_state, "disabled", 0)
+    """False inside ``no_weight_gradients()``."""
+    return _disabled == 0
 
 
 @contextlib.contextmanager
 def no_weight_gradients(disable: bool = True):
     """Within this block, fastgan's layer ops return None for weight and bias gradients."""
-    previous = getattr(_state, "disabled", 0)
-    _state.disabled = previous + (1 if disable else 0)
+    global _disabled
+    if disable:
+        _disabled += 1
     try:
         yield
     finally:
-        _state.disabled = previous
+        if disable:
+            _disabled -= 1

@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool | None = None          # bf16 autocast (None: on for CUDA, off for CPU)
+    cuda_graphs: bool = False        # capture the D, D+R1 and G steps in CUDA graphs (CUDA, one process)
     out: str = "runs/fastgan"
     sample_every: int = 250
     ckpt_every: int = 500
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
 
