@@ -8,9 +8,9 @@ Providers per case (``make(device, dtype) -> {provider: zero-arg callable or err
 
 - ``eager``: the lines a user writes by hand (``F.softplus(-real).mean() + ...``; the usual
   WGAN-GP lines with ``torch.autograd.grad(create_graph=True)`` and ``.norm(2, dim=1)``).
-- ``compile``: ``torch.compile`` of that same eager function. The penalty cases need a
-  double backward, which compiled graphs may not support: the error is left to the
-  harness, which records it as the provider's ``error``.
+- ``compile``: ``torch.compile`` of that same eager function (first order only: the penalty
+  op here is the reduction on a given input gradient; the double backward of a whole
+  penalised D step is timed by the step cases, ``cases_steps.py``).
 - ``fastgan``: ``fastgan.functional.d_loss/g_loss/gradient_penalty`` (the fused kernels;
   on a machine without CUDA the provider is reported as unavailable, not timed in eager).
 
@@ -20,16 +20,8 @@ Cases:
   (bandwidth bound). bytes = read the logits + write their gradients.
 - ``grad_penalty.<kind>.fwdbwd`` (ops): the norm/penalty reduction and its backward on a given
   input gradient [B, 3, R, R]. bytes = read g twice (forward, backward) + write dg.
-- ``step.dcgan32.wgan_gp.d_iter`` (steps): one WGAN-GP discriminator step on a small
-  DCGAN-like D made of torch modules (conv 4x4 stride 2 + LeakyReLU(0.2), no norm layers):
-  D on real and fake, the wgan loss, the penalty on interpolates, backward, Adam step.
-  flops: an estimate of 11 forward passes of D worth of convolution FLOPs (3 forwards,
-  their weight and input gradients, and the double backward of the penalty); bytes: a lower
-  bound (the three image batches read once, the parameters and Adam state read and written).
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 
@@ -82,6 +74,8 @@ def _make_loss(which: str, kind: str, n: int):
     def make(device, dtype):
         from fastgan.functional import d_loss, g_loss
 
+        from .harness import compile_fn
+
         real = torch.randn(n, 1, device=device, dtype=dtype, requires_grad=True)
         fake = torch.randn(n, 1, device=device, dtype=dtype, requires_grad=True)
         if which == "d":
@@ -92,7 +86,7 @@ def _make_loss(which: str, kind: str, n: int):
             eager = _eager_g_loss(kind)
             fused = lambda f: g_loss(f, kind)  # noqa: E731
             inputs = (fake,)
-        compiled = torch.compile(eager)
+        compiled = compile_fn(eager)
 
         def bind(fn):
             return lambda: torch.autograd.grad(fn(*inputs), inputs)
@@ -111,6 +105,8 @@ def _make_grad_penalty(kind: str, shape: list):
     def make(device, dtype):
         from fastgan.functional.penalty import _GradPenalty
 
+        from .harness import compile_fn
+
         g = torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
         n = shape[0]
         gamma = 10.0
@@ -123,7 +119,7 @@ def _make_grad_penalty(kind: str, shape: list):
 
         weight = gamma / n if kind == "wgan-gp" else gamma / (2 * n)
         fused = lambda g: _GradPenalty.apply(g, kind, weight, 1.0)  # noqa: E731
-        compiled = torch.compile(eager)
+        compiled = compile_fn(eager)
 
         def bind(fn):
             return lambda: torch.autograd.grad(fn(g), g)
@@ -136,94 +132,35 @@ def _make_grad_penalty(kind: str, shape: list):
     return make
 
 
-# ----------------------------------------------------------------------------- WGAN-GP D step
-
-DCGAN32_D = [(3, 64, 32), (64, 128, 16), (128, 256, 8)]  # (in, out, input resolution), 4x4 s2 p1
-
-
-def _dcgan32_d(device, dtype):
-    from torch import nn
-
-    layers = []
-    for cin, cout, _ in DCGAN32_D:
-        layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2)]
-    layers += [nn.Conv2d(256, 1, 4, 1, 0), nn.Flatten()]
-    return nn.Sequential(*layers).to(device=device, dtype=dtype)
-
-
-def _dcgan32_d_flops(batch: int) -> int:
-    """Convolution FLOPs of one forward pass of the DCGAN-32 D (2 * MACs)."""
-    flops = 0
-    for cin, cout, res in DCGAN32_D:
-        flops += 2 * cin * cout * 16 * (res // 2) ** 2
-    flops += 2 * 256 * 16  # final 4x4 -> 1x1
-    return flops * batch
-
-
-def _dcgan32_d_params() -> int:
-    return sum(cin * cout * 16 + cout for cin, cout, _ in DCGAN32_D) + 256 * 16 + 1
-
-
-def _make_d_step(batch: int):
-    def make(device, dtype):
-        from fastgan.functional import d_loss, gradient_penalty
-
-        base = _dcgan32_d(device, dtype)
-        real = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
-        fake = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)  # G's output, detached
-        gamma = 10.0
-
-        def fresh():
-            D = copy.deepcopy(base)
-            opt = torch.optim.Adam(D.parameters(), lr=1e-4, betas=(0.0, 0.9))
-            return D, opt
-
-        def eager_step_fn(D, opt):
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = D(fake).mean() - D(real).mean()
-                eps = torch.rand(batch, 1, 1, 1, device=real.device, dtype=real.dtype)
-                x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-                (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
-                gp = gamma * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-                (loss + gp).backward()
-                opt.step()
-            return step
-
-        def fused_step_fn(D, opt):
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = d_loss(D(real), D(fake), "wgan")
-                gp = gradient_penalty(D, real, fake, kind="wgan-gp", gamma=gamma)
-                (loss + gp).backward()
-                opt.step()
-            return step
-
-        fns = {"eager": eager_step_fn(*fresh())}
-        D_c, opt_c = fresh()
-        fns["compile"] = torch.compile(eager_step_fn(D_c, opt_c))  # double backward: may be unsupported
-        why = _fastgan_unavailable(real)
-        fns["fastgan"] = why if why else fused_step_fn(*fresh())
-        return fns
-
-    return make
-
-
 # ----------------------------------------------------------------------------- the case list
 
-def loss_cases(quick: bool = True) -> list[dict]:
-    """The loss / penalty benchmark cases (dicts with the harness's Case fields)."""
+def loss_cases(quick: bool = True, device_type: str = "cuda") -> list[dict]:
+    """The loss / penalty benchmark cases (dicts with the harness's Case fields).
+
+    --quick on CUDA: d_loss.ns at both sizes, g_loss.ns at 2^20, the two penalties at 64x3x64x64;
+    --full: every kind at both sizes, the penalties also at 32x3x256x256. CPU: small sizes
+    (a smoke run: 64 and 4096 logits, penalties on 4x3x32x32)."""
     cases = []
+    on_gpu = device_type == "cuda"
     kinds = LOSS_KINDS_QUICK if quick else LOSS_KINDS_FULL
-    sizes = (64, 1 << 20)
+    sizes = (64, 1 << 20) if on_gpu else (64, 4096)
     esize = 4  # float32
+    # --quick on CUDA: d_loss.ns at both sizes, g_loss.ns at 2^20 (each case is one more
+    # torch.compile); the other kinds run the same kernels with other terms
     for n in sizes:
         for kind in kinds:
+            if quick and on_gpu and kind != "ns":
+                continue
             cases.append(dict(case=f"d_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
                               bytes=4 * n * esize, flops=2 * 10 * n, make=_make_loss("d", kind, n), images=None))
+            if quick and on_gpu and (kind != "ns" or n != sizes[-1]):
+                continue
             cases.append(dict(case=f"g_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
                               bytes=2 * n * esize, flops=10 * n, make=_make_loss("g", kind, n), images=None))
-    shapes = [[64, 3, 64, 64]] if quick else [[64, 3, 64, 64], [32, 3, 256, 256]]
+    if not on_gpu:
+        shapes = [[4, 3, 32, 32]]
+    else:
+        shapes = [[64, 3, 64, 64]] if quick else [[64, 3, 64, 64], [32, 3, 256, 256]]
     for shape in shapes:
         numel = 1
         for s in shape:
@@ -232,10 +169,4 @@ def loss_cases(quick: bool = True) -> list[dict]:
             cases.append(dict(case=f"grad_penalty.{kind}.fwdbwd.{'x'.join(map(str, shape))}", family="ops",
                               shape=shape, dtype="float32", bytes=3 * numel * esize, flops=4 * numel,
                               make=_make_grad_penalty(kind, shape), images=None))
-    for batch in ((64,) if quick else (64, 256)):
-        images_bytes = 3 * batch * 3 * 32 * 32 * esize
-        param_bytes = _dcgan32_d_params() * esize
-        cases.append(dict(case=f"step.dcgan32.wgan_gp.d_iter.B{batch}", family="steps", shape=[batch, 3, 32, 32],
-                          dtype="float32", bytes=images_bytes + 6 * param_bytes,
-                          flops=11 * _dcgan32_d_flops(batch), make=_make_d_step(batch), images=batch))
     return cases

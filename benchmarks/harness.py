@@ -2,13 +2,25 @@
 ceilings in the same run, and write one JSON document (DESIGN.md section 4) plus a table.
 
 A case is a ``Case``: name, family, shape, dtype, the bytes it must move and the FLOPs it
-must do, and ``make(device, dtype) -> {provider: zero-argument callable}``. A provider the
-case cannot run is recorded with ``error`` set to the reason, never silently dropped.
+must do, and ``make(device, dtype) -> {provider: entry}``. An entry is a zero-argument
+callable (timed as is), a string (why this provider cannot run the case), or a ``Lazy``
+(a builder run only when the provider is selected; it returns the callable, or
+``(callable, extra fields)``, and what it raises becomes the record's ``error``). An optional
+``"<provider>:extra"`` dict adds fields to that provider's record (DESIGN.md allows extra
+fields; the step cases record the torch.compile configuration that ran this way). A
+provider the case cannot run is recorded with ``error`` set to the reason, never silently
+dropped; errors that start with ``"n/a: "`` mark a provider that does not apply to the
+case at all (left out of the Markdown table, kept in the JSON).
 
 Timing: on CUDA ``triton.testing.do_bench`` (median and 20/80 percentiles over event-timed
 runs; it flushes the L2 cache before every run, so inputs are never cache-resident); on the
 CPU a wall-clock loop. Energy: the NVML total-energy counter around a separate loop of at
-least 0.3 s, divided by the number of calls.
+least 0.3 s (0.15 s for op cases in --quick), divided by the number of calls.
+
+torch.compile: ``compile_fn`` is the one place cases call it (so ``--compile-backend`` reaches
+every case), and the dynamo caches are reset before each case that times ``compile``: every
+case compiles for its own static shapes, and dynamo's per-function recompile limit is never
+reached (past it, dynamo silently runs eager code, which would pass for a compile result).
 """
 from __future__ import annotations
 
@@ -43,6 +55,23 @@ class Case:
     flops: int
     make: Callable[[torch.device, torch.dtype], dict]  # provider -> zero-arg callable
     images: int | None = None      # images per call, for steps
+    extra: dict = dataclasses.field(default_factory=dict)  # extra fields copied into every record
+
+
+class Lazy:
+    """A provider entry built only when that provider is selected (see the module doc)."""
+
+    def __init__(self, build: Callable[[], object]):
+        self.build = build
+
+
+# torch.compile settings for every case of a run (``--compile-backend``).
+COMPILE = {"backend": "inductor"}
+
+
+def compile_fn(fn, **kwargs):
+    """``torch.compile(fn)`` with the run's backend (default inductor, torch.compile's default)."""
+    return torch.compile(fn, backend=COMPILE["backend"], **kwargs)
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -59,12 +88,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable, device: torch.device, quick: bool = True) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds of ``fn()``."""
+def time_fn(fn: Callable, device: torch.device, quick: bool = True, min_calls: int = 10) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of ``fn()``; on CUDA over at least ``min_calls`` timed calls
+    (do_bench's repetitions are given in ms, which for a 10 ms training step would be 4 calls)."""
     if device.type == "cuda":
         import triton.testing
 
         warmup, rep = (10, 40) if quick else (25, 200)
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        one_ms = (time.perf_counter() - t0) * 1e3
+        rep = max(rep, min_calls * one_ms)
+        warmup = max(warmup, 2 * one_ms)
         q = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
         return float(q[0]), float(q[1]), float(q[2])
     fn()  # warm-up (compilation, allocation)
@@ -200,40 +237,77 @@ def environment(device: torch.device) -> dict:
 
 def _empty_record(case: Case, provider: str, error: str | None = None) -> dict:
     rec = {k: None for k in RECORD_FIELDS}
+    rec.update({k: v for k, v in case.extra.items() if k not in RECORD_FIELDS})
     rec.update(case=case.case, family=case.family, provider=provider, dtype=case.dtype, shape=list(case.shape),
                error=error)
     return rec
 
 
+def _error_text(exc: BaseException) -> str:
+    msg = f"{type(exc).__name__}: {exc}".strip()
+    return msg.splitlines()[0][:500] if msg else type(exc).__name__
+
+
+def _reset_compiler() -> None:
+    try:
+        torch._dynamo.reset()
+    except Exception:
+        pass
+
+
 def run_case(case: Case, providers: list[str], device: torch.device, ceilings: dict, quick: bool = True,
              log: Callable[[str], None] = print) -> list[dict]:
     records = []
+    if "compile" in providers:
+        _reset_compiler()
     try:
         fns = case.make(device, dtype_of(case.dtype))
     except Exception as exc:  # the case cannot even build its inputs here
-        return [_empty_record(case, p, f"setup failed: {type(exc).__name__}: {exc}") for p in providers]
+        return [_empty_record(case, p, f"setup failed: {_error_text(exc)}") for p in providers]
     for provider in providers:
         fn = fns.get(provider)
+        extra = dict(fns.get(f"{provider}:extra") or {})
+        if isinstance(fn, Lazy):
+            try:
+                built = fn.build()
+            except Exception as exc:
+                built = f"setup failed: {_error_text(exc)}"
+            if isinstance(built, tuple):
+                built, more = built
+                extra.update(more or {})
+            fn = built
+        if provider.startswith("fastgan") and device.type != "cuda" and callable(fn):
+            fn = "fastgan's Triton path needs CUDA (on the CPU it runs the eager reference or the interpreter, " \
+                 "neither a timing path)"
         if fn is None:
-            records.append(_empty_record(case, provider, fns.get(f"{provider}:error", "not provided for this case")))
-            continue
+            fn = fns.get(f"{provider}:error") or (
+                "n/a: CUDA-graph capture applies to whole training steps (family 'steps')"
+                if provider == "fastgan+graphs" and case.family != "steps" else "not provided for this case")
         if isinstance(fn, str):  # the case explains why this provider cannot run
-            records.append(_empty_record(case, provider, fn))
+            rec = _empty_record(case, provider, fn)
+            rec.update({k: v for k, v in extra.items() if k not in RECORD_FIELDS})
+            records.append(rec)
+            if not fn.startswith("n/a: "):
+                log(f"  {case.case:<40} {provider:<15} error: {fn[:80]}")
             continue
         rec = _empty_record(case, provider)
+        rec.update({k: v for k, v in extra.items() if k not in RECORD_FIELDS})
         try:
-            median, p20, p80 = time_fn(fn, device, quick)
+            median, p20, p80 = time_fn(fn, device, quick, min_calls=20 if case.family == "steps" else 10)
             rec.update(median_ms=median, p20_ms=p20, p80_ms=p80)
             rec["gbps"] = case.bytes / (median * 1e-3) / 1e9
             rec["tflops"] = case.flops / (median * 1e-3) / 1e12 if case.flops else None
             rec["roofline_frac"] = roofline_fraction(case, median, ceilings)
             rec["peak_mem_bytes"] = peak_memory_bytes(fn, device)
-            rec["energy_j"] = energy_per_call_j(fn, device, median)
+            seconds = 0.15 if (quick and case.family == "ops") else 0.3
+            rec["energy_j"] = energy_per_call_j(fn, device, median, seconds)
             if case.images:
                 rec["images_per_s"] = case.images / (median * 1e-3)
         except Exception as exc:
-            msg = f"{type(exc).__name__}: {exc}".strip()
-            rec["error"] = msg.splitlines()[0][:500] if msg else type(exc).__name__
+            for k in ("median_ms", "p20_ms", "p80_ms", "gbps", "tflops", "roofline_frac", "peak_mem_bytes",
+                      "energy_j", "images_per_s"):
+                rec[k] = None
+            rec["error"] = _error_text(exc)
         records.append(rec)
         log(f"  {case.case:<40} {provider:<15} " + (f"{rec['median_ms']:.4f} ms" if rec["error"] is None
                                                        else f"error: {rec['error'][:80]}"))
@@ -244,14 +318,36 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
 
 
 def run(cases: list[Case], providers: list[str], device: torch.device, quick: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, budget_s: float | None = None,
+        on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Measure the ceilings, then every case for every provider.
+
+    ``budget_s``: wall-clock seconds for the whole run; once spent, the remaining cases are
+    recorded with the error "skipped: ..." (the document stays complete and valid, which a
+    killed process would not leave). ``on_progress(doc)`` is called after every case (the
+    runner writes the JSON there, so a run cut short still leaves its results).
+    """
+    t0 = time.perf_counter()
     doc = environment(device)
+    doc["compile_backend"] = COMPILE["backend"]
     log(f"measuring ceilings on {device} ...")
     doc["ceilings"] = measure_ceilings(device, quick)
     doc["mode"] = "quick" if quick else "full"
     doc["records"] = []
+    skipped = 0
     for case in cases:
+        spent = time.perf_counter() - t0
+        if budget_s is not None and spent > budget_s:
+            skipped += 1
+            doc["records"].extend(_empty_record(case, p, f"skipped: the run's time budget ({budget_s:.0f} s) "
+                                                         f"was spent before this case") for p in providers)
+            continue
         doc["records"].extend(run_case(case, providers, device, doc["ceilings"], quick, log))
+        if on_progress is not None:
+            on_progress(doc)
+    doc["elapsed_s"] = time.perf_counter() - t0
+    if skipped:
+        log(f"time budget of {budget_s:.0f} s spent: {skipped} case(s) skipped")
     return doc
 
 
@@ -296,6 +392,22 @@ def write_json(doc: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def short_dtype(name: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}.get(name, name)
+
+
+def result_filename(doc: dict) -> str:
+    """The name a result document is kept under in benchmarks/results/ (see its README):
+    ``<date>_<gpu>_<commit>.json``, e.g. ``2025-01-31_h200_1a2b3c4.json``."""
+    import re
+
+    gpu = (doc.get("gpu") or "cpu").lower().replace("nvidia", "")
+    gpu = re.sub(r"[^a-z0-9]+", "-", gpu).strip("-") or "gpu"
+    commit = doc.get("commit") or "nocommit"
+    short = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+    return f"{(doc.get('date') or 'nodate')[:10]}_{gpu}_{short}.json"
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -314,6 +426,12 @@ def speedups(doc: dict) -> dict:
     return out
 
 
+def _note(r: dict) -> str:
+    if r["error"]:
+        return r["error"][:70]
+    return (r.get("config") or "")[:70]
+
+
 def to_markdown(doc: dict) -> str:
     c = doc["ceilings"]
     lines = [f"device: {doc.get('gpu') or doc.get('device')}  torch {doc['torch']}  triton {doc['triton']}  "
@@ -321,13 +439,60 @@ def to_markdown(doc: dict) -> str:
              f"ceilings: copy {c['copy_gbps']:.0f} GB/s, bf16 {c['bf16_tflops']:.1f} TFLOP/s, "
              f"fp32 {c['fp32_tflops']:.1f} TFLOP/s" + (f", tf32 {c['tf32_tflops']:.1f}" if "tf32_tflops" in c else ""),
              "",
-             "| case | dtype | provider | median ms | GB/s | TFLOP/s | roofline | x eager | x compile | J/call | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| case | dtype | provider | median ms | GB/s | TFLOP/s | roofline | x eager | x compile | J/call | img/s "
+             "| note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ratios = speedups(doc)
     for r in doc["records"]:
+        if (r["error"] or "").startswith("n/a: "):
+            continue
         ve, vc = ratios[(r["case"], r["dtype"], r["provider"])]
         lines.append(
             f"| {r['case']} | {r['dtype']} | {r['provider']} | {_fmt(r['median_ms'], '.4f')} | {_fmt(r['gbps'], '.1f')}"
             f" | {_fmt(r['tflops'], '.2f')} | {_fmt(r['roofline_frac'], '.1%')} | {_fmt(ve, '.2f')}"
-            f" | {_fmt(vc, '.2f')} | {_fmt(r['energy_j'], '.4f')} | {(r['error'] or '')[:60]} |")
+            f" | {_fmt(vc, '.2f')} | {_fmt(r['energy_j'], '.4f')} | {_fmt(r['images_per_s'], '.0f')} | {_note(r)} |")
+    return "\n".join(lines)
+
+
+def to_summary(doc: dict) -> str:
+    """The compact speedup summary: one line per case and dtype.
+
+    ``case dtype  eager <ms>  compile <x eager>  fastgan <x eager>/<x compile> roof <frac>
+    graphs <x eager>/<x compile>  <images/s of the fastest provider>``; a provider that did not
+    run shows ``-`` (its error is in the JSON and the full table).
+    """
+    ratios = speedups(doc)
+    groups: dict = {}
+    for r in doc["records"]:
+        groups.setdefault((r["case"], r["dtype"]), {})[r["provider"]] = r
+    c = doc["ceilings"]
+    lines = [f"speedup summary ({doc.get('gpu') or doc.get('device')}, commit {doc.get('commit')}): "
+             f"x = eager/provider or compile/provider (median times, same run); roof = fraction of the "
+             f"measured roofline (copy {c['copy_gbps']:.0f} GB/s, bf16 {c['bf16_tflops']:.0f} TFLOP/s)"]
+    width = max([len(k[0]) for k in groups] + [20])
+    for (case, dtype), recs in groups.items():
+        eager = recs.get("eager")
+        parts = [f"{case:<{width}} {short_dtype(dtype):<4}",
+                 f"eager {_fmt(eager and eager['median_ms'], '8.3f')} ms"]
+        comp = recs.get("compile")
+        ce = ratios.get((case, dtype, "compile"), (None, None))[0] if comp else None
+        parts.append(f"compile {_fmt(ce, '5.2f')}x")
+        for prov, label in (("fastgan", "fastgan"), ("fastgan+graphs", "graphs")):
+            r = recs.get(prov)
+            if r is None or (r["error"] or "").startswith("n/a: "):
+                continue
+            ve, vc = ratios[(case, dtype, prov)]
+            parts.append(f"{label} {_fmt(ve, '5.2f')}x/{_fmt(vc, '5.2f')}x")
+        best = [r for r in recs.values() if r["error"] is None]
+        if best:
+            fastest = min(best, key=lambda r: r["median_ms"])
+            if fastest["roofline_frac"] is not None:
+                parts.append(f"roof {fastest['roofline_frac']:6.1%} ({fastest['provider']})")
+            if fastest["images_per_s"]:
+                parts.append(f"{fastest['images_per_s']:.0f} img/s")
+        lines.append("  ".join(parts))
+    errors = sum(1 for r in doc["records"] if r["error"] and not r["error"].startswith("n/a: "))
+    if errors:
+        lines.append(f"({errors} record(s) with an error; see the full table or the JSON)")
+    lines.append(f"keep a GPU run as benchmarks/results/{result_filename(doc)}")
     return "\n".join(lines)

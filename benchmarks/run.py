@@ -1,59 +1,121 @@
 """`fastgan bench` (also `python -m benchmarks`): run the suite, print a table, write JSON.
 
-    fastgan bench --quick --device cuda --json out.json
+    fastgan bench --quick --device cuda --json out.json --plot out.png
     fastgan bench --cases bias_act.lrelu --providers eager,fastgan
+    fastgan bench --families steps --full
+    fastgan bench --compare old.json new.json --threshold 0.05
+    fastgan bench --summary out.json
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import sys
 
 import torch
 
 from . import harness
 
+FAMILIES = ("steps", "layers", "ops")  # run order: the headline cases first, so that a run cut
+# short by --time-budget loses op cases (cheap to rerun alone) before step cases
+
+
+def _call_factory(fn, quick: bool, device_type: str):
+    """Call a case factory; pass device_type when it takes one."""
+    params = inspect.signature(fn).parameters
+    if "device_type" in params:
+        return fn(quick, device_type=device_type)
+    return fn(quick)
+
 
 def all_cases(quick: bool, device_type: str) -> list:
-    """Every case family the suite knows; families written later register here."""
+    """Every case the suite knows, in run order (families in FAMILIES order).
+
+    Factories that take ``device_type`` shrink their cases on the CPU (a smoke run of the
+    machinery); ``cases_conv.conv_cases(quick)`` has no CPU size (its DCGAN layers at batch
+    128 take seconds per call on a CPU), so the CPU run leaves the ``layers`` family out."""
     from .cases_bias_act import bias_act_cases
 
     cases = list(bias_act_cases(quick, device_type))
-    for module, fn in (("cases_conv", "conv_cases"), ("cases_losses", "loss_cases")):
+    for module, fn, cpu_ok in (("cases_conv_ops", "conv_op_cases", True), ("cases_conv", "conv_cases", False),
+                               ("cases_losses", "loss_cases", True), ("cases_steps", "step_cases", True)):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(module):
+                continue  # that family is not written yet
+            raise
+        factory = getattr(mod, fn)
+        if device_type != "cuda" and not (cpu_ok or "device_type" in inspect.signature(factory).parameters):
             continue
-        for c in getattr(mod, fn)(quick):
+        for c in _call_factory(factory, quick, device_type):
             cases.append(c if isinstance(c, harness.Case) else harness.Case(**c))
-    return cases
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(cases, key=lambda c: order.get(c.family, len(order)))  # stable within a family
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", default=True,
-                      help="few sizes and short timing loops (default; fits inside 3 minutes on an H200)")
-    mode.add_argument("--full", action="store_true", help="all sizes and longer timing loops")
+                      help="few sizes and short timing loops (default; sized for 3 minutes on an H200, "
+                           "torch.compile's compile times included)")
+    mode.add_argument("--full", action="store_true",
+                      help="the whole grid (steps at 32/64 px, batch 64/256, float32/bf16) and longer timing loops")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                   help="where to run (default: cuda when available, else cpu)")
-    p.add_argument("--json", metavar="PATH", help="write the result document (DESIGN.md section 4) here")
+                   help="where to run (default: cuda when available, else cpu; the CPU runs tiny sizes)")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the result document (DESIGN.md section 4) here; rewritten after every case")
     p.add_argument("--markdown", metavar="PATH", help="also write the Markdown table here")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: speedups vs eager and energy per provider "
+                                                  "(needs matplotlib: pip install 'fastgan[plot]')")
     p.add_argument("--cases", metavar="PATTERNS", default="*",
                    help="comma-separated glob patterns over case names (e.g. 'bias_act.lrelu.*'); "
                         "a pattern without '*' matches as a prefix")
-    p.add_argument("--providers", metavar="NAMES", default="eager,compile,fastgan",
+    p.add_argument("--families", metavar="NAMES", default=",".join(FAMILIES),
+                   help="comma-separated subset of " + ",".join(FAMILIES))
+    p.add_argument("--providers", metavar="NAMES", default=",".join(harness.PROVIDERS),
                    help=f"comma-separated subset of {','.join(harness.PROVIDERS)}")
     p.add_argument("--dtypes", metavar="NAMES", default="float32,bfloat16", help="comma-separated dtypes")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument("--compile-backend", default="inductor", metavar="NAME",
+                   help="torch.compile backend of the 'compile' provider (default inductor, torch.compile's "
+                        "default; 'aot_eager' exercises the machinery without code generation)")
+    p.add_argument("--compile-penalty", choices=["func", "split"], default="func",
+                   help="the torch.compile configuration tried first for penalty steps, where the default "
+                        "cannot double-backward (see benchmarks/cases_steps.py); the other is the fallback")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop starting new cases after this many seconds; the rest are recorded as skipped")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="print the ratio table B/A of two result files and exit (see --threshold)")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="with --compare: flag B/A above 1 + THRESHOLD as a regression (default 0.05)")
+    p.add_argument("--summary", metavar="PATH", help="print the compact speedup summary of a result file and exit")
 
 
-def _select(cases, patterns: str, dtypes: str):
+def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES)):
     pats = [p if "*" in p else p + "*" for p in patterns.split(",") if p]
     keep = set(d.strip() for d in dtypes.split(",") if d.strip())
-    return [c for c in cases if any(fnmatch.fnmatch(c.case, p) for p in pats) and c.dtype in keep]
+    fams = set(f.strip() for f in families.split(",") if f.strip())
+    return [c for c in cases if any(fnmatch.fnmatch(c.case, p) for p in pats) and c.dtype in keep
+            and c.family in fams]
 
 
 def main_with_args(args) -> int:
+    if args.compare:
+        from .compare import compare_files
+
+        return compare_files(args.compare[0], args.compare[1], args.threshold)
+    if args.summary:
+        from .compare import load_result
+
+        try:
+            doc = load_result(args.summary)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(harness.to_summary(doc))
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
@@ -63,19 +125,37 @@ def main_with_args(args) -> int:
     if bad:
         print(f"error: unknown provider(s) {bad}; choose from {harness.PROVIDERS}", file=sys.stderr)
         return 2
+    bad = [f.strip() for f in args.families.split(",") if f.strip() and f.strip() not in FAMILIES]
+    if bad:
+        print(f"error: unknown famil(ies) {bad}; choose from {FAMILIES}", file=sys.stderr)
+        return 2
+    if args.plot:
+        from .plot import matplotlib_missing
+
+        why = matplotlib_missing()
+        if why:
+            print(f"error: --plot needs matplotlib ({why}); install it with: pip install 'fastgan[plot]' "
+                  "(or pip install matplotlib), or drop --plot", file=sys.stderr)
+            return 2
     quick = not args.full
-    cases = _select(all_cases(quick, device.type), args.cases, args.dtypes)
+    cases = _select(all_cases(quick, device.type), args.cases, args.dtypes, args.families)
     if args.list:
         for c in cases:
             print(f"{c.case:<45} {c.family:<7} {c.dtype:<9} {c.shape}")
         return 0
     if not cases:
-        print(f"error: no case matches --cases {args.cases!r} --dtypes {args.dtypes!r}", file=sys.stderr)
+        print(f"error: no case matches --cases {args.cases!r} --dtypes {args.dtypes!r} --families "
+              f"{args.families!r}", file=sys.stderr)
         return 2
     if device.type != "cuda":
         print("note: running on the CPU: fastgan's Triton path needs CUDA, so only eager and compile are "
-              "timed, on one small size (a smoke run of the harness, not a measurement)")
-    doc = harness.run(cases, providers, device, quick=quick)
+              "timed, on tiny sizes (a smoke run of the harness, not a measurement)")
+    from . import cases_steps
+
+    harness.COMPILE["backend"] = args.compile_backend
+    cases_steps.COMPILE_PENALTY["first"] = args.compile_penalty
+    on_progress = (lambda doc: harness.write_json(doc, args.json)) if args.json else None
+    doc = harness.run(cases, providers, device, quick=quick, budget_s=args.time_budget, on_progress=on_progress)
     harness.validate(doc)
     table = harness.to_markdown(doc)
     if args.json:
@@ -85,6 +165,13 @@ def main_with_args(args) -> int:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
     print(table)
+    print()
+    print(harness.to_summary(doc))
+    if args.plot:
+        from .plot import plot_result
+
+        plot_result(doc, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -132,3 +132,17 @@ def test_fastgan_info_runs_and_checks_the_interpreter():
     for key in ("fastgan", "torch", "triton", "NVML", "backend for cpu tensors", "triton interpreter works"):
         assert key in r.stdout
     assert re.search(r"triton interpreter works\s+yes", r.stdout), r.stdout
+
+
+def test_markdown_leaves_out_providers_that_do_not_apply(doc):
+    fake = json.loads(json.dumps(doc))
+    na = dict(fake["records"][0], provider="fastgan+graphs", error="n/a: steps only", median_ms=None, p20_ms=None,
+              p80_ms=None, gbps=None, tflops=None, roofline_frac=None, images_per_s=None)
+    fake["records"].append(na)
+    harness.validate(fake)
+    table = harness.to_markdown(fake)
+    assert "fastgan+graphs" not in table and "| img/s |" in table
+    eager = next(r for r in fake["records"] if r["provider"] == "eager")
+    assert f"| {eager['images_per_s']:.0f} |" in table
+    summary = harness.to_summary(fake)
+    assert "tiny.relu.fwd" in summary and "graphs" not in summary.splitlines()[1]
