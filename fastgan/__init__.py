@@ -9,3 +9,6 @@ from . import functional, nn  # noqa: E402
 from .profile import ResourceMonitor  # noqa: E402
 
 __all__ = ["__version__", "BackendError", "backend_for", "use_backend", "functional", "nn", "ResourceMonitor"]
+from .accelerate import accelerate  # noqa: E402
+
+__all__ += ["accelerate"]

@@ -78,12 +78,17 @@ def batch_norm_act(x: torch.Tensor, running_mean: torch.Tensor | None, running_v
     spec = resolve_act(act, alpha, gain, clamp)
     if training and x.numel() // x.shape[1] <= 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
-    if not training or _backend.backend_for(x) == "eager":
+    compiling = torch.compiler.is_compiling()  # torch.compile: fastgan.library's opaque ops
+    if not training or (not compiling and _backend.backend_for(x) == "eager"):
         z = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-        if _backend.backend_for(x) == "eager":
+        if not compiling and _backend.backend_for(x) == "eager":
             return spec.reference(z)
         return bias_act(z, None, 1, spec.act, spec.alpha if spec.act == "lrelu" else None, spec.gain, spec.clamp)
-    y, mean, var = _BatchNormAct.apply(x, weight, bias, eps, spec)
+    if compiling:
+        from .. import library
+        y, mean, var = library.batch_norm_act(x, weight, bias, eps, spec)
+    else:
+        y, mean, var = _BatchNormAct.apply(x, weight, bias, eps, spec)
     if running_mean is not None and running_var is not None:
         m = x.numel() // x.shape[1]
         with torch.no_grad():

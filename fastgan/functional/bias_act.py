@@ -133,6 +133,9 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     """
     dim = _check_inputs(x, b, dim)
     spec = resolve_act(act, alpha, gain, clamp)
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
+        from .. import library
+        return library.bias_act(x, b, dim, spec)
     if _backend.backend_for(x) == "eager":
         return _bias_act_ref(x, b, dim, spec)
     return _BiasAct.apply(x, b, dim, spec)

@@ -145,6 +145,10 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns
 
     Returns a 0-d float32 tensor (float64 for float64 logits). Differentiable once w.r.t.
     both logits. Stable for logits of any finite magnitude. No host synchronisation.
+
+    Drop-in for the hand-written lines, e.g. ``kind="wgan"``: ``D(fake).mean() - D(real).mean()``;
+    ``kind="ns"``: ``F.binary_cross_entropy_with_logits(r, ones) + F.binary_cross_entropy_with_logits(f, zeros)``;
+    ``kind="hinge"``: ``F.relu(1 - r).mean() + F.relu(1 + f).mean()``.
     """
     _check_kind(kind)
     _check_logits(real_logits, "real_logits")
@@ -155,9 +159,12 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns
     if real_logits.device != fake_logits.device:
         raise ValueError(f"real_logits and fake_logits must be on one device, got {real_logits.device} "
                          f"and {fake_logits.device}")
+    real_term, fake_term = _D_TERMS[kind]
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
+        from .. import library
+        return library.gan_loss(real_logits, fake_logits, real_term, fake_term)
     if _backend.backend_for(real_logits, fake_logits) == "eager":
         return _d_loss_ref(real_logits, fake_logits, kind)
-    real_term, fake_term = _D_TERMS[kind]
     return _GanLoss.apply(real_logits, fake_logits, real_term, fake_term)
 
 
@@ -166,10 +173,14 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
 
     ``kind="ns"`` is the non-saturating softplus(-f); "minimax" is the original
     log(1 - sigmoid(f)) = -softplus(f) (which G minimises). Shapes, dtypes and the result
-    as in :func:`d_loss`.
+    as in :func:`d_loss`. Drop-in for ``-D(fake).mean()`` (wgan, hinge) or
+    ``F.binary_cross_entropy_with_logits(f, ones)`` (ns).
     """
     _check_kind(kind)
     _check_logits(fake_logits, "fake_logits")
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
+        from .. import library
+        return library.gan_loss(None, fake_logits, None, _G_TERMS[kind])
     if _backend.backend_for(fake_logits) == "eager":
         return _g_loss_ref(fake_logits, kind)
     return _GanLoss.apply(None, fake_logits, None, _G_TERMS[kind])

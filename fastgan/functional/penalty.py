@@ -110,6 +110,9 @@ class _GradPenalty(torch.autograd.Function):
 
 
 def _penalty_fused(grad: torch.Tensor, kind: str, gamma: float, center: float) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
+        from .. import library
+        return library.grad_penalty(grad, kind, _weight(kind, gamma, grad.shape[0]), center)
     return _GradPenalty.apply(grad, kind, _weight(kind, gamma, grad.shape[0]), center)
 
 
@@ -150,6 +153,10 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
                      return_logits: bool = False, eps: torch.Tensor | None = None,
                      generator: torch.Generator | None = None, **d_kwargs):
     """Weighted gradient penalty of the discriminator ``D``, differentiable w.r.t. D's parameters.
+
+    Drop-in for the hand-written WGAN-GP lines (``eps`` drawn per sample, the interpolate made
+    to require grad, ``autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)``,
+    ``gamma * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()``) and for R1/R2.
 
     Args:
         D: callable ``D(x, **d_kwargs) -> logits`` with one logit per sample ([N] or [N, 1]).

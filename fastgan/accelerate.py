@@ -1,0 +1,739 @@
+"""accelerate(model): rewrite an existing PyTorch GAN onto fastgan's fused ops, in place of the
+patterns it can prove equivalent, leaving everything else untouched.
+
+What is fused
+-------------
+1. In every ``nn.Sequential`` (where data flow is certain: child i feeds child i + 1):
+
+   - ``Conv2d`` / ``ConvTranspose2d`` followed by an activation module -> the convolution runs
+     ``fastgan.functional.conv2d_act`` / ``conv_transpose2d_act`` with the activation as its
+     epilogue, and the activation's slot becomes ``nn.Identity()`` (indexes and state_dict keys
+     do not change);
+   - ``BatchNorm2d`` followed by an activation module (typically after a convolution) -> the
+     batch norm runs ``fastgan.functional.batch_norm_act`` (training mode: fused statistics +
+     normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
+     mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes ``nn.Identity()``.
+     In training mode it is differentiable once (a gradient penalty through it raises):
+     ``accelerate(D, batch_norm=False)`` keeps torch's batch norm for such discriminators.
+
+   A Sequential is assumed to be called as a whole (``self.main(x)``): one that is only used
+   as a list and iterated with other code between its children would be misread.
+
+2. In any other module whose ``forward`` applies an activation to a convolution's output
+   (``F.leaky_relu(self.conv(x), 0.2)``, ``torch.relu``, ``F.relu``, ``torch.tanh``,
+   ``torch.sigmoid``, ``F.silu``, ``F.elu``, ``F.selu``, ``F.softplus``, the tensor methods
+   ``.relu()``/``.tanh()``/``.sigmoid()``, or an activation module): that module's own forward
+   is traced with ``torch.fx`` (its children stay opaque calls), and when the convolution is
+   called once and the activation is the only user of its output, the activation is removed
+   from the graph and the convolution fused as in 1. The module keeps its identity and
+   attributes; only its ``forward`` becomes the rewritten graph's code. A forward that does not
+   trace (data-dependent control flow, ...), that traces differently in train and eval mode,
+   or that has optional/variadic arguments (fx would bake their default) is left exactly as it
+   was, and the report says so. Nothing is rewritten partially within one forward.
+
+Supported activations and their exact torch semantics (passed as explicit alpha/gain):
+``ReLU`` (relu, gain 1), ``LeakyReLU(slope)`` (lrelu, alpha=slope, default 0.01, gain 1),
+``Tanh``, ``Sigmoid``, ``SiLU`` (swish, gain 1), ``ELU`` (alpha=1 only), ``SELU``,
+``Softplus`` (beta=1, threshold=20 only), and ``Identity`` after a convolution (linear: the
+bias add runs in the fused epilogue). ``inplace=True`` is fine. Anything else (ELU with
+alpha != 1, ``padding_mode`` other than "zeros", asymmetric ``padding="same"``, a subclass
+overriding ``forward``, forward/backward hooks on the convolution or the activation, a module
+referenced from two places) is left as it is and listed in the report with the reason: it is
+never approximated.
+
+Design: class swap, not module replacement
+------------------------------------------
+A fused module is the *same object* with its class swapped to a subclass of its own class
+whose ``forward`` calls the fused op with ``self.weight`` / ``self.bias``. Hence:
+
+- parameters, buffers, ``state_dict`` keys, optimizer references, pre-hooks and
+  parametrizations are untouched. ``torch.nn.utils.parametrizations.spectral_norm`` /
+  ``weight_norm`` keep working: ``self.weight`` is the parametrized weight, and u, v and
+  ``original`` stay where they were. For a parametrized module the fused class is inserted
+  *below* torch's generated ``Parametrized...`` class, so ``remove_parametrizations`` later
+  still restores a (fused) plain convolution. The hook-based ``torch.nn.utils.spectral_norm``
+  (a forward pre-hook) works too.
+- ``copy.deepcopy`` works; fused convolutions and batch norms also pickle (``torch.save`` of a
+  whole model): they are rebuilt from their original class. Modules whose forward was
+  rewritten by fx can be deep-copied but not pickled (save the state_dict, as for
+  parametrized modules).
+- new ``fastgan.nn`` modules would need copied parameters, would break optimizers built
+  before the call and would drop parametrizations; the swap avoids all three.
+
+``accelerate`` asserts that the returned model's ``state_dict`` has the keys and shapes of the
+original; if it ever did not, the rewrite is reverted (``inplace=False``) with a report entry,
+or a RuntimeError is raised (``inplace=True``).
+
+Caveat: a convolution that is also called directly from elsewhere (for example
+``self.main[0](x)`` in some other forward, outside the Sequential where the pattern was found)
+would see the fused activation there too; accelerate cannot see such calls.
+
+torch.compile: the fused forwards call fastgan.functional ops, which become single
+registered ops (``fastgan.library``) while compiling, so
+``torch.compile(accelerate(model), fullgraph=True)`` has no graph break from fastgan.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import linecache
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .functional import conv2d_act, conv_transpose2d_act
+from .functional.batch_norm_act import batch_norm_act
+
+__all__ = ["accelerate", "AccelerateReport", "Replacement", "Skipped", "is_fused"]
+
+
+# ============================================================================= report
+
+@dataclass(frozen=True)
+class Replacement:
+    """One fused pattern: ``name`` is the qualified name of the module that now runs the fused
+    op (the convolution or batch norm); ``removed`` the activation that was folded into it."""
+    name: str
+    pattern: str
+    act: str
+    alpha: float | None
+    gain: float
+    via: str  # "sequential" or "fx"
+    removed: str
+
+    def __str__(self) -> str:
+        alpha = f", alpha={self.alpha:g}" if self.alpha is not None else ""
+        return (f"{self.name or '<root>'}: {self.pattern} -> fused act={self.act}{alpha}, gain={self.gain:g} "
+                f"[{self.via}; removed {self.removed}]")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A pattern (or a forward) left as it was, with the reason."""
+    name: str
+    pattern: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name or '<root>'}: {self.pattern} left as is: {self.reason}"
+
+
+@dataclass
+class AccelerateReport:
+    """What :func:`accelerate` replaced and what it left, and why."""
+    replaced: list[Replacement] = field(default_factory=list)
+    left: list[Skipped] = field(default_factory=list)
+
+    @property
+    def nothing_fused(self) -> bool:
+        return not self.replaced
+
+    def __str__(self) -> str:
+        lines = [f"fastgan.accelerate: {len(self.replaced)} pattern(s) fused, {len(self.left)} left as is"]
+        if self.nothing_fused:
+            lines[0] += " (nothing to fuse: the model is returned unchanged)"
+        lines += [f"  fused  {r}" for r in self.replaced]
+        lines += [f"  left   {s}" for s in self.left]
+        return "\n".join(lines)
+
+
+# ============================================================================= activations
+
+@dataclass(frozen=True)
+class _Fusion:
+    """The epilogue a fused module applies: fastgan act name, alpha (lrelu only), gain."""
+    act: str
+    alpha: float | None = None
+    gain: float = 1.0
+
+    def __str__(self) -> str:
+        alpha = f", alpha={self.alpha:g}" if self.alpha is not None else ""
+        return f"act={self.act}{alpha}, gain={self.gain:g}"
+
+
+_SIMPLE_ACT_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "swish", nn.SELU: "selu"}
+
+
+def _act_of_module(m: nn.Module):
+    """(_Fusion | None, reason | None): the fused form of an activation module, None if ``m`` is
+    not an activation we know (reason None) or a known one in an unsupported configuration."""
+    cls = type(m)
+    known = (*_SIMPLE_ACT_MODULES, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Identity)
+    base = next((k for k in known if isinstance(m, k)), None)
+    if base is None:
+        return None, None
+    if cls.forward is not base.forward:
+        return None, f"{cls.__name__} overrides forward"
+    if base in _SIMPLE_ACT_MODULES:
+        return _Fusion(_SIMPLE_ACT_MODULES[base]), None
+    if base is nn.LeakyReLU:
+        return _Fusion("lrelu", float(m.negative_slope)), None
+    if base is nn.ELU:
+        if float(m.alpha) != 1.0:
+            return None, f"ELU(alpha={m.alpha}) is not supported (fastgan's elu has alpha=1)"
+        return _Fusion("elu"), None
+    if base is nn.Softplus:
+        if float(m.beta) != 1.0 or float(m.threshold) != 20.0:
+            return None, (f"Softplus(beta={m.beta}, threshold={m.threshold}) is not supported "
+                          "(only beta=1, threshold=20)")
+        return _Fusion("softplus"), None
+    return _Fusion("linear"), None  # Identity
+
+
+# fx call_function / call_method targets: (act name, parameter names, defaults)
+_FX_FUNCTIONS = {
+    F.relu: ("relu", ("input", "inplace"), {"inplace": False}),
+    torch.relu: ("relu", ("input",), {}),
+    torch.relu_: ("relu", ("input",), {}),
+    F.relu_: ("relu", ("input",), {}),
+    F.leaky_relu: ("lrelu", ("input", "negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False}),
+    F.leaky_relu_: ("lrelu", ("input", "negative_slope"), {"negative_slope": 0.01}),
+    torch.tanh: ("tanh", ("input",), {}),
+    F.tanh: ("tanh", ("input",), {}),
+    torch.sigmoid: ("sigmoid", ("input",), {}),
+    F.sigmoid: ("sigmoid", ("input",), {}),
+    F.silu: ("swish", ("input", "inplace"), {"inplace": False}),
+    F.elu: ("elu", ("input", "alpha", "inplace"), {"alpha": 1.0, "inplace": False}),
+    F.selu: ("selu", ("input", "inplace"), {"inplace": False}),
+    torch.selu: ("selu", ("input",), {}),
+    F.softplus: ("softplus", ("input", "beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
+}
+_FX_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
+               "sigmoid_": "sigmoid"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _act_of_node(node: torch.fx.Node, root: nn.Module):
+    """(input node, _Fusion | None, reason | None) for an activation node; (None, None, None)
+    if the node is not an activation we know."""
+    if node.op == "call_method" and node.target in _FX_METHODS:
+        if len(node.args) != 1 or node.kwargs:
+            return node.args[0] if node.args else None, None, f"unsupported arguments to .{node.target}()"
+        return node.args[0], _Fusion(_FX_METHODS[node.target]), None
+    if node.op == "call_module":
+        try:
+            m = root.get_submodule(node.target)
+        except AttributeError:
+            return None, None, None
+        fusion, reason = _act_of_module(m)
+        if fusion is None and reason is None:
+            return None, None, None
+        if fusion is not None and fusion.act == "linear":
+            return None, None, None  # an Identity call: nothing to gain, leave it
+        inp = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if inp is None:
+            return None, None, None
+        if reason is None:
+            reason = _hooks_reason(m, "activation")
+        return inp, (fusion if reason is None else None), reason
+    if node.op != "call_function":
+        return None, None, None
+    try:
+        entry = _FX_FUNCTIONS.get(node.target)
+    except TypeError:  # unhashable target
+        return None, None, None
+    if entry is None:
+        return None, None, None
+    act, names, defaults = entry
+    if len(node.args) > len(names) or any(k not in names for k in node.kwargs):
+        return (node.args[0] if node.args else None), None, "unsupported arguments"
+    bound = dict(defaults)
+    bound.update(zip(names, node.args))
+    bound.update(node.kwargs)
+    if "input" not in bound:
+        return None, None, None
+    inp = bound.pop("input")
+    for k, v in bound.items():
+        if k == "inplace":
+            if not isinstance(v, bool):
+                return inp, None, "inplace is not a constant bool"
+        elif not _is_number(v):
+            return inp, None, f"{k} is not a Python number (fx cannot prove it constant)"
+    if act == "lrelu":
+        return inp, _Fusion("lrelu", float(bound["negative_slope"])), None
+    if act == "elu" and float(bound["alpha"]) != 1.0:
+        return inp, None, f"F.elu(alpha={bound['alpha']}) is not supported (fastgan's elu has alpha=1)"
+    if act == "softplus" and (float(bound["beta"]) != 1.0 or float(bound["threshold"]) != 20.0):
+        return inp, None, "F.softplus with beta != 1 or threshold != 20 is not supported"
+    return inp, _Fusion(act), None
+
+
+# ============================================================================= fused classes
+
+def _autocast(x, w, b):
+    """Cast like F.conv2d under autocast (floating, non-float64 tensors to the autocast dtype)."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return x, w, b
+    dtype = torch.get_autocast_dtype(dev)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+    return cast(x), cast(w), cast(b)
+
+
+def _fusion_kwargs(f: _Fusion) -> dict:
+    return {"act": f.act, "alpha": f.alpha if f.act == "lrelu" else None, "gain": f.gain}
+
+
+def _conv2d_forward(self, input):
+    x, w, b = _autocast(input, self.weight, self.bias)
+    return conv2d_act(x, w, b, self.stride, self.padding, self.dilation, self.groups,
+                      **_fusion_kwargs(self._fastgan_fusion))
+
+
+def _conv_transpose2d_forward(self, input, output_size=None):
+    output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                          self.dilation)
+    x, w, b = _autocast(input, self.weight, self.bias)
+    return conv_transpose2d_act(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation,
+                                **_fusion_kwargs(self._fastgan_fusion))
+
+
+def _batch_norm2d_forward(self, input):
+    """nn.BatchNorm2d.forward's bookkeeping, then the fused batch norm + activation."""
+    self._check_input_dim(input)
+    factor = 0.0 if self.momentum is None else self.momentum
+    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+    use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+    track = not self.training or self.track_running_stats
+    return batch_norm_act(input, self.running_mean if track else None, self.running_var if track else None,
+                          self.weight, self.bias, use_batch_stats, factor, self.eps,
+                          **_fusion_kwargs(self._fastgan_fusion))
+
+
+def _fused_extra_repr(self):
+    return type(self)._fastgan_base.extra_repr(self) + f", fastgan({self._fastgan_fusion})"
+
+
+def _rebuild_fused(base: type):
+    """Unpickling helper: an empty instance of the fused class of ``base``."""
+    return object.__new__(_fused_class(base))
+
+
+def _fused_reduce_ex(self, protocol):
+    return _rebuild_fused, (type(self)._fastgan_base,), self.__getstate__()
+
+
+_FORWARDS = {nn.Conv2d: _conv2d_forward, nn.ConvTranspose2d: _conv_transpose2d_forward,
+             nn.BatchNorm2d: _batch_norm2d_forward}
+_FUSED_CLASSES: dict[type, type] = {}
+
+
+def _kind(base: type) -> type:
+    for kind in _FORWARDS:
+        if issubclass(base, kind):
+            return kind
+    raise TypeError(f"no fused form for {base.__name__}")
+
+
+def _fused_class(base: type) -> type:
+    """The fused subclass of a plain (non-parametrized) module class, one per class."""
+    cls = _FUSED_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Fused{base.__name__}", (base,), {
+            "forward": _FORWARDS[_kind(base)],
+            "extra_repr": _fused_extra_repr,
+            "__reduce_ex__": _fused_reduce_ex,
+            "__module__": __name__,
+            "__doc__": f"{base.__name__} running fastgan's fused op (made by fastgan.accelerate).",
+            "_fastgan_base": base,
+            "_fastgan_fused": True,
+        })
+        _FUSED_CLASSES[base] = cls
+    return cls
+
+
+def _swap_to_fused(m: nn.Module, fusion: _Fusion) -> None:
+    cls = type(m)
+    if parametrize.is_parametrized(m):
+        # torch's generated Parametrized<Base> holds one property per parametrized tensor;
+        # rebuild it on top of Fused<Base> so that remove_parametrizations still works.
+        plain = cls.__bases__[0]
+        attrs = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        new_cls = type(cls.__name__, (_fused_class(plain),), attrs)
+    else:
+        new_cls = _fused_class(cls)
+    m._fastgan_fusion = fusion
+    m.__class__ = new_cls
+
+
+def is_fused(m: nn.Module) -> bool:
+    """Whether ``m`` runs a fused op installed by :func:`accelerate`."""
+    return bool(getattr(type(m), "_fastgan_fused", False))
+
+
+# ============================================================================= checks
+
+def _hooks_reason(m: nn.Module, role: str) -> str | None:
+    if m._forward_hooks:
+        return f"the {role} has forward hooks (they would see a different tensor)"
+    if m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
+        return f"the {role} has backward hooks"
+    return None
+
+
+def _plain_class(m: nn.Module) -> type:
+    return type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+
+
+def _conv_kind(m: nn.Module):
+    """nn.Conv2d / nn.ConvTranspose2d if ``m`` is one (possibly parametrized), else None."""
+    if isinstance(m, nn.ConvTranspose2d):
+        return nn.ConvTranspose2d
+    if isinstance(m, nn.Conv2d):
+        return nn.Conv2d
+    return None
+
+
+def _conv_reason(m: nn.Module, refs: Counter) -> str | None:
+    """Why the convolution ``m`` cannot be fused (None: it can)."""
+    kind = _conv_kind(m)
+    if is_fused(m):
+        return "already fused"
+    cls = type(m)
+    if cls.forward is not kind.forward:
+        return f"{cls.__name__} overrides forward"
+    if kind is nn.Conv2d and cls._conv_forward is not nn.Conv2d._conv_forward:
+        return f"{cls.__name__} overrides _conv_forward"
+    if kind is nn.ConvTranspose2d and cls._output_padding is not nn.ConvTranspose2d._output_padding:
+        return f"{cls.__name__} overrides _output_padding"
+    if parametrize.is_parametrized(m) and len(cls.__bases__) != 1:
+        return "unexpected parametrized class layout"
+    if m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r} (only 'zeros' is fused)"
+    if isinstance(m.padding, str) and m.padding == "same":
+        for k, d in zip(m.kernel_size, m.dilation):
+            if d * (k - 1) % 2:
+                return "padding='same' needs asymmetric padding for this kernel size"
+    # (never read m.weight here: for a parametrized module in training mode that would run the
+    # parametrization, e.g. one power iteration of spectral norm, and change its state)
+    if refs[id(m)] > 1:
+        return "the module is referenced from more than one place"
+    return _hooks_reason(m, "convolution")
+
+
+def _bn_reason(m: nn.Module, refs: Counter) -> str | None:
+    if is_fused(m):
+        return "already fused"
+    cls = type(m)
+    if parametrize.is_parametrized(m):
+        return "parametrized batch norm"
+    if cls.forward is not nn.BatchNorm2d.forward or cls._check_input_dim is not nn.BatchNorm2d._check_input_dim:
+        return f"{cls.__name__} overrides forward"
+    if refs[id(m)] > 1:
+        return "the module is referenced from more than one place"
+    return _hooks_reason(m, "batch norm")
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.BatchNorm2d)
+
+
+def _reference_counts(model: nn.Module) -> Counter:
+    """How many (parent, attribute) slots hold each module."""
+    refs: Counter = Counter()
+    for _, parent in model.named_modules():
+        for child in parent._modules.values():
+            if child is not None:
+                refs[id(child)] += 1
+    return refs
+
+
+def _label(m: nn.Module) -> str:
+    """The class name used in the report (``Conv2d(parametrized)`` for torch's generated classes)."""
+    if parametrize.is_parametrized(m):
+        return f"{_plain_class(m).__name__}(parametrized)"
+    return type(m).__name__
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ============================================================================= Sequential pass
+
+def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, batch_norm: bool) -> None:
+    for seq_name, seq in list(model.named_modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        items = [(k, m) for k, m in seq._modules.items() if m is not None]
+        i = 0
+        while i + 1 < len(items):
+            (name, m), (act_name, act_mod) = items[i], items[i + 1]
+            conv, bn = _conv_kind(m) is not None, batch_norm and _is_bn(m)
+            if not (conv or bn):
+                i += 1
+                continue
+            fusion, reason = _act_of_module(act_mod)
+            if fusion is None and reason is None:
+                i += 1
+                continue
+            if bn and fusion is not None and fusion.act == "linear":
+                i += 1
+                continue
+            full, act_full = _join(seq_name, name), _join(seq_name, act_name)
+            pattern = f"{_label(m)}+{type(act_mod).__name__}"
+            if reason is None:
+                reason = _conv_reason(m, refs) if conv else _bn_reason(m, refs)
+            if reason is None:
+                reason = _hooks_reason(act_mod, "activation")
+            if reason is not None:
+                if reason != "already fused":
+                    report.left.append(Skipped(full, pattern, reason))
+                i += 1
+                continue
+            _swap_to_fused(m, fusion)
+            setattr(seq, act_name, nn.Identity())
+            report.replaced.append(Replacement(full, pattern, fusion.act, fusion.alpha, fusion.gain, "sequential",
+                                               act_full))
+            i += 2
+
+
+# ============================================================================= fx pass
+
+class _ShallowTracer(torch.fx.Tracer):
+    """Traces one module's own forward: every submodule call stays one call_module node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _candidate_convs(m: nn.Module, prefix: str = "") -> list[str]:
+    """Convolutions a forward of ``m`` can call directly (children, or inside ModuleList/Dict)."""
+    out = []
+    for name, child in m._modules.items():
+        if child is None:
+            continue
+        if _conv_kind(child) is not None and not is_fused(child):
+            out.append(_join(prefix, name))
+        elif type(child) in (nn.ModuleList, nn.ModuleDict):
+            out += _candidate_convs(child, _join(prefix, name))
+    return out
+
+
+def _traceable_signature(m: nn.Module) -> str | None:
+    try:
+        sig = inspect.signature(type(m).forward)
+    except (TypeError, ValueError):
+        return "forward has no inspectable signature"
+    params = list(sig.parameters.values())[1:]
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return f"forward takes *{p.name}/**{p.name} (fx would fix their number)"
+        if p.default is not p.empty:
+            return f"forward argument {p.name!r} has a default (fx would bake one branch of it)"
+        if p.kind is p.KEYWORD_ONLY:
+            return f"forward argument {p.name!r} is keyword-only"
+    return None
+
+
+def _trace(m: nn.Module) -> torch.fx.Graph:
+    return _ShallowTracer().trace(m)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+_fx_counter = itertools.count()
+
+
+def _compile_forward(graph: torch.fx.Graph, cls: type):
+    code = graph.python_code(root_module="self")
+    filename = f"<fastgan.accelerate fx forward of {cls.__qualname__} #{next(_fx_counter)}>"
+    linecache.cache[filename] = (len(code.src), None, code.src.splitlines(True), filename)
+    namespace = dict(code.globals)
+    exec(compile(code.src, filename, "exec"), namespace)  # noqa: S102 - code generated by torch.fx
+    return namespace["forward"]
+
+
+def _fx_deepcopy(self, memo):
+    replica = object.__new__(type(self))
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    return replica
+
+
+def _fx_reduce_ex(self, protocol):
+    raise RuntimeError(f"{type(self).__name__}: a module whose forward was rewritten by fastgan.accelerate (fx) "
+                       "cannot be pickled; save its state_dict() and call accelerate() again after loading")
+
+
+def _install_forward(m: nn.Module, forward) -> None:
+    base = type(m)
+    forward.__doc__ = (f"{base.__qualname__}.forward rewritten by fastgan.accelerate (torch.fx): "
+                       "activations folded into the fused convolutions.")
+    m.__class__ = type(f"Fastgan{base.__name__}", (base,), {
+        "forward": forward, "__module__": base.__module__, "__deepcopy__": _fx_deepcopy,
+        "__reduce_ex__": _fx_reduce_ex, "_fastgan_fx_base": base, "_fastgan_fx": True,
+    })
+
+
+def _fx_module(prefix: str, m: nn.Module, refs: Counter, report: AccelerateReport) -> None:
+    convs = _candidate_convs(m)
+    if not convs:
+        return
+    what = f"{type(m).__name__}.forward"
+    listed = ", ".join(_join(prefix, c) for c in convs)
+    reason = _traceable_signature(m)
+    if reason is None:
+        try:
+            graph = _trace(m)
+            was = m.training
+            try:
+                m.training = not was  # this module's flag only: its children are opaque calls
+                other = _trace(m)
+            finally:
+                m.training = was
+            if graph.python_code("self").src != other.python_code("self").src:
+                reason = "forward traces differently in train and eval mode (it branches on self.training)"
+        except Exception as exc:  # fx raises TraceError, TypeError, NameError, ... on untraceable code
+            reason = f"torch.fx cannot trace it ({_first_line(exc)})"
+    if reason is not None:
+        report.left.append(Skipped(prefix, f"{what} (fx)", f"{reason}; any activation applied there to "
+                                   f"{listed} stays unfused"))
+        return
+
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    plan = []
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in convs:
+            continue
+        users = list(node.users)
+        acts = [(u, *_act_of_node(u, m)) for u in users]
+        acts = [(u, f, r) for u, inp, f, r in acts if inp is node and (f is not None or r is not None)]
+        if not acts:
+            continue
+        user, fusion, reason = acts[0]
+        conv = m.get_submodule(node.target)
+        full = _join(prefix, node.target)
+        pattern = f"{_label(conv)}+{_node_label(user)}"
+        if reason is None and len(users) != 1:
+            reason = "the convolution's output has other users besides the activation"
+        if reason is None and calls[node.target] != 1:
+            reason = "the convolution is called more than once in this forward"
+        if reason is None:
+            reason = _conv_reason(conv, refs)
+        if reason is not None:
+            report.left.append(Skipped(full, pattern, reason))
+            continue
+        plan.append((node, user, conv, full, pattern, fusion))
+    if not plan:
+        return
+    for node, user, conv, full, pattern, fusion in plan:
+        user.replace_all_uses_with(node)
+        graph.erase_node(user)
+    graph.lint()
+    forward = _compile_forward(graph, type(m))
+    for node, user, conv, full, pattern, fusion in plan:
+        _swap_to_fused(conv, fusion)
+        report.replaced.append(Replacement(full, pattern, fusion.act, fusion.alpha, fusion.gain, "fx",
+                                           f"{_node_label(user)} in {what}"))
+    _install_forward(m, forward)
+
+
+def _node_label(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return f".{node.target}()"
+    if node.op == "call_module":
+        return f"module {node.target}"
+    target = node.target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    return f"torch.{name}"
+
+
+def _is_user_module(m: nn.Module) -> bool:
+    """A module whose forward is user code (not torch's, not a container, not already rewritten)."""
+    if type(m) in (nn.Sequential, nn.ModuleList, nn.ModuleDict) or is_fused(m):
+        return False
+    if getattr(type(m), "_fastgan_fx", False) or parametrize.is_parametrized(m):
+        return False
+    forward = getattr(type(m), "forward", None)
+    module = getattr(forward, "__module__", "") or ""
+    return not module.startswith("torch.")
+
+
+def _fx_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
+    for name, m in list(model.named_modules()):
+        if _is_user_module(m):
+            _fx_module(name, m, refs, report)
+
+
+# ============================================================================= entry point
+
+def _signature(model: nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def accelerate(model: nn.Module, inplace: bool = False, dtype: torch.dtype | None = None, report: bool = False,
+               fx: bool = True, batch_norm: bool = True):
+    """Fuse the convolution/batch-norm + activation patterns of ``model`` into fastgan's ops.
+
+    Args:
+        model: any ``torch.nn.Module`` (a TypeError otherwise).
+        inplace: modify ``model`` itself (its modules keep their identity, so an optimizer built
+            on it keeps working); default False: a deep copy is rewritten and returned.
+        dtype: optionally cast the (copied) model to this floating dtype first (``model.to(dtype)``).
+        report: also return the :class:`AccelerateReport` (``(model, report)``).
+        fx: also rewrite user forwards with torch.fx (default True); False: Sequential only.
+        batch_norm: fuse ``BatchNorm2d`` + activation (default True). The fused training-mode
+            batch norm is differentiable once only, so pass False for a discriminator that
+            takes a gradient penalty (WGAN-GP, R1) through batch norm in training mode.
+
+    Returns:
+        The accelerated model, or ``(model, report)`` when ``report=True``. The report is also
+        attached as ``model.fastgan_report``; ``print(report)`` lists every fused pattern
+        (qualified name, pattern, act/alpha/gain) and everything left with its reason.
+
+    The returned model computes what the original computes (same outputs and gradients up to
+    float rounding, in train and eval mode), and its ``state_dict`` has the same keys and
+    shapes, so checkpoints load in both directions. See the module docstring for the
+    patterns, the supported activations and the design.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
+    for flag, value in (("inplace", inplace), ("report", report), ("fx", fx), ("batch_norm", batch_norm)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+    original = model
+    if not inplace:
+        model = copy.deepcopy(model)
+    if dtype is not None:
+        model = model.to(dtype)
+    before = _signature(model)
+    rep = AccelerateReport()
+    refs = _reference_counts(model)
+    _sequential_pass(model, refs, rep, batch_norm)
+    if fx:
+        _fx_pass(model, refs, rep)
+    after = _signature(model)
+    if after != before:  # never expected: the rewrite only swaps classes and activation slots
+        changed = sorted(set(before) ^ set(after)) or [k for k in before if before[k] != after.get(k)]
+        if inplace:
+            raise RuntimeError(f"fastgan.accelerate changed the state_dict (keys {changed[:5]}); the model was "
+                               "modified in place and is left in that state")
+        model = copy.deepcopy(original)
+        if dtype is not None:
+            model = model.to(dtype)
+        rep = AccelerateReport(left=[Skipped("", "all rewrites", f"reverted: the state_dict would change "
+                                                                  f"(keys {changed[:5]})")])
+    model.fastgan_report = rep
+    return (model, rep) if report else model
+
