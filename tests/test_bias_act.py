@@ -285,3 +285,29 @@ def test_functions_are_the_fused_ones_under_interpret(device):
     y = bias_act(x, torch.zeros(3, device=device), act="tanh")
     assert "BiasAct" in type(y.grad_fn).__name__
     assert _BiasAct and _BiasActGrad  # the Functions exist and are what ran
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["channels_last", "planar"])
+def test_more_than_2_31_elements(layout, device):
+    """int64 offsets: the last elements of a tensor past 2^31 elements are computed correctly."""
+    if device != "cuda":
+        pytest.skip("needs the compiled kernels on a GPU (about 13 GB of memory)")
+    n = 2 ** 31 + 8 * 1025
+    shape, dim = ((n // 8, 8), 1) if layout == "channels_last" else ((1, 2, n // 2), 1)
+    x = torch.empty(shape, device="cuda", dtype=torch.float16).uniform_(-2, 2)
+    b = torch.randn(x.shape[dim], device="cuda", dtype=torch.float16)
+    y = bias_act(x, b, dim=dim, act="lrelu")
+    tail = (slice(-4096, None), slice(None)) if layout == "channels_last" else (slice(None), slice(None),
+                                                                               slice(-4096, None))
+    ref = _bias_act_ref(x[tail].double(), b.double(), dim, resolve_act("lrelu"))
+    assert_close(y[tail], ref, torch.float16, "tail of a >2^31-element output")
+    del y
+    kernels = fastgan.backend.kernels()
+    dx, db = kernels.bias_act_bwd(torch.ones_like(x), x, b, dim, "lrelu", 0.2, 1.0, None, need_db=True)
+    ref_dx = torch.where(x[tail].double() + b.double().reshape([-1 if d == dim else 1 for d in range(x.dim())]) > 0,
+                         1.0, 0.2)
+    assert_close(dx[tail], ref_dx, torch.float16, "tail of dx")
+    slope = torch.where(x.float() + b.float().reshape([-1 if d == dim else 1 for d in range(x.dim())]) > 0, 1.0, 0.2)
+    ref_db = slope.sum(dim=[d for d in range(x.dim()) if d != dim])
+    assert_close(db, ref_db, torch.float16, "db over >2^31 elements")
