@@ -93,9 +93,13 @@ F32_TOL = 1e-4
 
 
 @pytest.fixture
-def no_tf32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def no_tf32():
+    # saved and restored by hand: torch.backends.cuda.matmul resolves its attributes through
+    # __getattr__, which some pytest versions' monkeypatch.setattr does not accept
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _make(name, device, dtype=torch.float64):
