@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
@@ -157,7 +156,6 @@ def measure_ceilings(device: torch.device, quick: bool = True) -> dict:
     dst = torch.empty_like(src)
     ms, _, _ = time_fn(lambda: dst.copy_(src), device, quick)
     copy_gbps = 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
-    del src, dst
 
     def matmul_tflops(dtype, n):
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -384,12 +382,10 @@ def validate(doc: dict) -> None:
 
 def write_json(doc: dict, path: str) -> None:
     """Write atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    from fastgan.atomic import atomic_write_json
+
+    atomic_write_json(path, doc)
+
 
 
 def short_dtype(name: str) -> str:

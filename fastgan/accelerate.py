@@ -88,6 +88,7 @@ from torch.nn.utils import parametrize
 
 from .functional import conv2d_act, conv_transpose2d_act
 from .functional.batch_norm_act import batch_norm_act
+from .nn.batch_norm import batch_norm_arguments
 
 __all__ = ["accelerate", "AccelerateReport", "Replacement", "Skipped", "is_fused"]
 
@@ -301,15 +302,7 @@ def _conv_transpose2d_forward(self, input, output_size=None):
 def _batch_norm2d_forward(self, input):
     """nn.BatchNorm2d.forward's bookkeeping, then the fused batch norm + activation."""
     self._check_input_dim(input)
-    factor = 0.0 if self.momentum is None else self.momentum
-    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-    use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-    track = not self.training or self.track_running_stats
-    return batch_norm_act(input, self.running_mean if track else None, self.running_var if track else None,
-                          self.weight, self.bias, use_batch_stats, factor, self.eps,
-                          **_fusion_kwargs(self._fastgan_fusion))
+    return batch_norm_act(input, *batch_norm_arguments(self), **_fusion_kwargs(self._fastgan_fusion))
 
 
 def _fused_extra_repr(self):

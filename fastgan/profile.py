@@ -14,7 +14,6 @@ import operator
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -22,6 +21,7 @@ import weakref
 import torch
 
 from . import nvml
+from .atomic import atomic_write_json
 
 __all__ = ["ResourceMonitor"]
 
@@ -583,24 +583,7 @@ class ResourceMonitor:
         """Write the report to ``path`` atomically (temporary file in the same folder, then
         ``os.replace``); returns the path."""
         doc = self.report()
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1, allow_nan=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return path
+        return atomic_write_json(path, doc, allow_nan=False)
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("finished" if self._final is not None else "idle")

@@ -57,12 +57,11 @@ def _bn_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
 
 
 @triton.jit
-def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, sg_ptr, sgx_ptr,
-                              OUTER, C, INNER, alpha, gain, clamp,
-                              ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
-                              CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
-    """Per-tile partial sums of g and g * x_hat (pass 1 of the backward)."""
-    pid = tl.program_id(0)
+def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER,
+                       alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
+                       CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+    """For tile ``pid``: g = dy * gain * act'(u) * clamp-mask (zero outside the tensor), x_hat,
+    the per-channel scale, and the tile's offsets, mask and channel index."""
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     x = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
@@ -76,7 +75,20 @@ def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, inv
     if HAS_CLAMP:
         g = tl.where(tl.abs(act_fwd(u, alpha, ACT) * gain) <= clamp, g, 0.0)
     g = tl.where(mask, g, 0.0)
-    gx = g * (x - mean) * invstd
+    return offs, mask, chan, chan_mask, g, (x - mean) * invstd, scale
+
+
+@triton.jit
+def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, sg_ptr, sgx_ptr,
+                              OUTER, C, INNER, alpha, gain, clamp,
+                              ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
+                              CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+    """Per-tile partial sums of g and g * x_hat (pass 1 of the backward)."""
+    pid = tl.program_id(0)
+    offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
+        pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
+        ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+    gx = g * x_hat
     p_offs, p_mask = _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     if CHANNELS_LAST:
         tl.store(sg_ptr + p_offs, tl.sum(g, axis=0), mask=p_mask)
@@ -93,21 +105,12 @@ def _bn_act_bwd_dx_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr,
                           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """dx = scale * (g - mean(g) - x_hat * mean(g * x_hat)) (pass 2 of the backward)."""
     pid = tl.program_id(0)
-    offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    x = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(x.dtype)
-    scale = tl.load(scale_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    shift = tl.load(shift_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    mean = tl.load(mean_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    invstd = tl.load(invstd_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    mg = tl.load(mg_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    mgx = tl.load(mgx_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    u = x * scale + shift
-    g = dy * gain * act_d1(u, alpha, ACT)
-    if HAS_CLAMP:
-        g = tl.where(tl.abs(act_fwd(u, alpha, ACT) * gain) <= clamp, g, 0.0)
-    dx = scale * (g - mg - (x - mean) * invstd * mgx)
+    offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
+        pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
+        ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+    mg = tl.load(mg_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
+    mgx = tl.load(mgx_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
+    dx = scale * (g - mg - x_hat * mgx)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

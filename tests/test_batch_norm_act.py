@@ -8,7 +8,7 @@ from fastgan.functional import resolve_act
 from fastgan.functional.batch_norm_act import batch_norm_act
 from fastgan.nn import BatchNormAct2d
 
-from .utils import TOL, assert_close
+from .utils import assert_close
 
 
 def _pair(c, act, alpha=None, gain=None, clamp=None, device="cpu", momentum=0.1):

@@ -2,7 +2,6 @@
 does not run here), the torch.compile configuration of penalty steps, --compare, --plot,
 --summary, --time-budget, the case lists of a CUDA run (built, not run) and the
 pytest-benchmark micro cases."""
-import copy
 import json
 import os
 import subprocess

@@ -21,13 +21,9 @@ from fastgan.train import CaptureError, Trainer, TrainConfig, capture_step, load
 from fastgan.train import graphs as G
 from fastgan.train.trainer import D_STATS, G_STATS
 
+from .test_train import tiny
 
-def tiny(tmp_path, **kw):
-    base = dict(resolution=32, n_embedded=64, z_dim=16, g_width=8, d_width=8, batch_size=8, steps=4,
-                device="cpu", out=str(tmp_path / "run"), progress=False, log_every=1, sample_every=1000,
-                ckpt_every=1000, fused=False)
-    base.update(kw)
-    return TrainConfig(**base)
+
 
 
 def flat(m):

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import warnings
 from typing import Callable
 
 import torch
+
+from ..atomic import atomic_write_json
 
 __all__ = ["IMPLS", "forced_impl", "choose", "cache_path", "clear_memory_cache"]
 
@@ -101,17 +102,7 @@ def _save_disk(key: str, value: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = _read_disk(path)  # merge with what other processes wrote meanwhile
         data[key] = value
-        fd, tmp = tempfile.mkstemp(prefix=".conv_dispatch.", suffix=".tmp", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_json(path, data, sort_keys=True)
     except OSError as exc:
         _warn_disk(exc)
 

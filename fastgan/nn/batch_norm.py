@@ -8,6 +8,20 @@ from ..functional import resolve_act
 from ..functional.batch_norm_act import batch_norm_act
 
 
+def batch_norm_arguments(bn: nn.BatchNorm2d) -> tuple:
+    """The (running_mean, running_var, weight, bias, training, momentum, eps) arguments of
+    ``F.batch_norm`` for this module's next forward, with nn.BatchNorm2d.forward's bookkeeping
+    (``num_batches_tracked`` incremented, cumulative average when momentum is None)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return (bn.running_mean if track else None, bn.running_var if track else None, bn.weight, bn.bias,
+            use_batch_stats, factor, bn.eps)
+
+
 class BatchNormAct2d(nn.BatchNorm2d):
     """``act(batch_norm(x)) * gain`` (then clamp), a drop-in for ``nn.BatchNorm2d`` + activation.
 
@@ -32,16 +46,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"BatchNormAct2d expects a 4-d input [N, C, H, W], got shape {tuple(x.shape)}")
-        # running-statistics bookkeeping exactly as nn.BatchNorm2d.forward does it
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        track = not self.training or self.track_running_stats
-        return batch_norm_act(x, self.running_mean if track else None, self.running_var if track else None,
-                              self.weight, self.bias, use_batch_stats, factor, self.eps, act=self.act,
-                              alpha=self.alpha, gain=self.gain, clamp=self.clamp)
+        return batch_norm_act(x, *batch_norm_arguments(self), act=self.act, alpha=self.alpha, gain=self.gain,
+                              clamp=self.clamp)
 
     @classmethod
     def from_torch(cls, bn: nn.BatchNorm2d, act: str = "relu", alpha=None, gain=None, clamp=None):

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from ..atomic import atomic_write
+
 FORMAT = "fastgan-checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "config", "step", "G", "D", "G_ema", "opt_g", "opt_d", "rng")
@@ -24,18 +26,7 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(state: dict, path: str) -> None:
     """Atomically write ``state`` (plus the format tag) to ``path``."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

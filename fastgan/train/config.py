@@ -8,9 +8,6 @@ LOSSES = ("ns", "hinge", "wgan", "lsgan")
 PENALTIES = ("none", "r1", "wgan-gp")
 DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
 
-# Fields that define the models and the optimisation: a checkpoint fixes them on resume.
-MODEL_FIELDS = ("resolution", "z_dim", "g_width", "d_width")
-
 
 @dataclass
 class TrainConfig:

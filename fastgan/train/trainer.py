@@ -33,12 +33,13 @@ import warnings
 import torch
 
 from .. import functional as FG
+from ..atomic import atomic_write
 from ..data import load_dataset, make_loader
 from ..models import build_dcgan
 from . import distributed as dist_util
 from . import graphs as graph_util
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import MODEL_FIELDS, TrainConfig
+from .config import TrainConfig
 
 LATEST = "checkpoint.pt"
 D_STATS = ("d_loss", "penalty", "d_real", "d_fake", "d_acc")
@@ -96,10 +97,7 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     if c == 1:
         arr = arr[:, :, 0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"), binary=True)
 
 
 class Trainer:
