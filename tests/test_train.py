@@ -225,3 +225,15 @@ def test_fused_models_track_plain_torch_step_by_step(tmp_path, penalty):
     bound = 2 * plain.cfg.lr_g * plain.cfg.steps
     assert (params(plain.G) - params(fused.G)).abs().max().item() <= bound
     assert (params(plain.D) - params(fused.D)).abs().max().item() <= bound
+
+
+def test_tensorboard_option(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            Trainer(tiny(tmp_path, tensorboard=True))
+        return
+    t = Trainer(tiny(tmp_path, tensorboard=True, steps=2))
+    t.train()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(t.cfg.out, "tb")))

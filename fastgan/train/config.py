@@ -44,6 +44,7 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     progress: bool = True
+    tensorboard: bool = False        # also log scalars to OUT/tb (needs the tensorboard package)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

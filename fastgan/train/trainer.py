@@ -21,6 +21,7 @@ generators, so the graphed run consumes the same random numbers as the eager one
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -110,6 +111,12 @@ class Trainer:
             state = load_checkpoint(resume)
             cfg = self._merge_resumed_config(cfg, state, resume)
         self.cfg = cfg
+        if cfg.tensorboard:
+            try:
+                importlib.import_module("torch.utils.tensorboard")
+            except ImportError:
+                raise ValueError("tensorboard=True (--tensorboard) needs the tensorboard package: "
+                                 "pip install tensorboard") from None
         self.device = resolve_device(cfg.device)
         self.dist = dist_util.init_from_env(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -181,7 +188,7 @@ class Trainer:
         except Exception as exc:
             raise CheckpointError(f"{path}: incompatible checkpoint config ({exc})") from None
         run_fields = ("steps", "out", "sample_every", "ckpt_every", "log_every", "progress", "device", "workers",
-                      "data", "cuda_graphs")
+                      "data", "cuda_graphs", "tensorboard")
         merged = saved.to_dict()
         for name in run_fields:
             merged[name] = getattr(cfg, name)
@@ -438,6 +445,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def _tensorboard_writer(self):
+        if not self.cfg.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(os.path.join(self.cfg.out, "tb"))
+
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
@@ -468,6 +482,7 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=start_step, desc="fastgan train", unit="step", dynamic_ncols=True,
                        file=sys.stderr)
         log_path = os.path.join(cfg.out, "log.jsonl")
+        tb = self._tensorboard_writer() if main else None
         t_start = time.perf_counter()
         clock = {"t_last": t_start, "step_last": start_step}
         status = "completed"
@@ -489,6 +504,10 @@ class Trainer:
             if main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
+                if tb is not None:
+                    for k, v in rec.items():
+                        if k != "step" and isinstance(v, (int, float)):
+                            tb.add_scalar(k, v, step)
                 if bar is not None:
                     bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
                                     img_s=f"{rec['images_per_s']:.0f}")
@@ -526,6 +545,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
+            if tb is not None:
+                tb.close()
         elapsed = time.perf_counter() - t_start
         done = self.step - start_step
         last = self.history[-1] if self.history else {}
