@@ -94,13 +94,20 @@ def time_fn(fn: Callable, device: torch.device, quick: bool = True, min_calls: i
         import triton.testing
 
         warmup, rep = (10, 40) if quick else (25, 200)
+        # A cold first call (torch.compile, Triton JIT, the conv dispatcher's timing, cuDNN and
+        # cuBLAS setup) can take many seconds; do_bench turns warmup/rep (ms) into call counts
+        # from its own estimate of one call, so a cold call must never size them: 20 s of
+        # compilation would become 200 s of timed calls. Run it first, size from the second,
+        # and cap the loops.
+        fn()
         _sync(device)
         t0 = time.perf_counter()
         fn()
         _sync(device)
         one_ms = (time.perf_counter() - t0) * 1e3
-        rep = max(rep, min_calls * one_ms)
-        warmup = max(warmup, 2 * one_ms)
+        cap_ms = 2000.0 if quick else 10000.0
+        rep = min(max(rep, min_calls * one_ms), max(rep, cap_ms))
+        warmup = min(max(warmup, 2 * one_ms), max(warmup, cap_ms / 4))
         q = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
         return float(q[0]), float(q[1]), float(q[2])
     fn()  # warm-up (compilation, allocation)
@@ -322,8 +329,11 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
 
     ``budget_s``: wall-clock seconds for the whole run; once spent, the remaining cases are
     recorded with the error "skipped: ..." (the document stays complete and valid, which a
-    killed process would not leave). ``on_progress(doc)`` is called after every case (the
-    runner writes the JSON there, so a run cut short still leaves its results).
+    killed process would not leave). ``on_progress(doc)`` is called once the ceilings are
+    measured and after every case (the runner writes the JSON there, so a run cut short still
+    leaves its results). A KeyboardInterrupt (Ctrl-C, or ``timeout -s INT`` as
+    benchmarks/gpu_check.sh sends) ends the run early the same way: the case in progress and
+    the rest are recorded as "skipped: interrupted ..." and the document is returned.
     """
     t0 = time.perf_counter()
     doc = environment(device)
@@ -332,19 +342,33 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
     doc["ceilings"] = measure_ceilings(device, quick)
     doc["mode"] = "quick" if quick else "full"
     doc["records"] = []
+    if on_progress is not None:
+        on_progress(doc)
     skipped = 0
+    interrupted = False
     for case in cases:
         spent = time.perf_counter() - t0
-        if budget_s is not None and spent > budget_s:
+        if interrupted or (budget_s is not None and spent > budget_s):
             skipped += 1
-            doc["records"].extend(_empty_record(case, p, f"skipped: the run's time budget ({budget_s:.0f} s) "
-                                                         f"was spent before this case") for p in providers)
+            why = ("skipped: interrupted (KeyboardInterrupt / SIGINT) before this case finished" if interrupted
+                   else f"skipped: the run's time budget ({budget_s:.0f} s) was spent before this case")
+            doc["records"].extend(_empty_record(case, p, why) for p in providers)
             continue
-        doc["records"].extend(run_case(case, providers, device, doc["ceilings"], quick, log))
+        try:
+            records = run_case(case, providers, device, doc["ceilings"], quick, log)
+        except KeyboardInterrupt:
+            interrupted = True
+            doc["interrupted"] = True
+            skipped += 1
+            doc["records"].extend(_empty_record(case, p, "skipped: interrupted (KeyboardInterrupt / SIGINT) "
+                                                         "before this case finished") for p in providers)
+            log(f"interrupted during {case.case}: the remaining cases are recorded as skipped")
+            continue
+        doc["records"].extend(records)
         if on_progress is not None:
             on_progress(doc)
     doc["elapsed_s"] = time.perf_counter() - t0
-    if skipped:
+    if skipped and not interrupted:
         log(f"time budget of {budget_s:.0f} s spent: {skipped} case(s) skipped")
     return doc
 

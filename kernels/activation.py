@@ -29,6 +29,18 @@ SELU_SCALE_ALPHA = tl.constexpr(1.0507009873554804934193349852946 * 1.6732632423
 
 
 @triton.jit
+def scalar_arg(hi, lo, IS_F64: tl.constexpr):
+    """A float scalar kernel argument in the compute precision. Compiled kernels receive Python
+    floats as float32, so launchers pass ``common.split_float(value)`` (hi, lo) and float64
+    kernels rebuild the value as hi + lo in float64 (float32 kernels use hi alone)."""
+    if IS_F64:
+        v = tl.full((), hi, tl.float64) + lo
+    else:
+        v = tl.full((), hi, tl.float32)
+    return v
+
+
+@triton.jit
 def _sigmoid(z):
     """1 / (1 + exp(-z)) without overflow: exp is only taken of -|z|."""
     e = tl.exp(-tl.abs(z))

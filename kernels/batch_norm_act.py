@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import ACT_IDS, act_d1, act_fwd
-from .bias_act import _blocks, _dense, _num_warps, _partial_sum_offsets, _tile
+from .activation import ACT_IDS, act_d1, act_fwd, scalar_arg
+from .bias_act import _blocks, _dense, _num_warps, _partial_sum_offsets, _scalar_args, _tile
 from .common import check_launch_dtype
 
 __all__ = ["bn_stats", "bn_act_bwd"]
@@ -80,11 +80,14 @@ def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invst
 
 @triton.jit
 def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, sg_ptr, sgx_ptr,
-                              OUTER, C, INNER, alpha, gain, clamp,
+                              OUTER, C, INNER, alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
                               ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
                               CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """Per-tile partial sums of g and g * x_hat (pass 1 of the backward)."""
     pid = tl.program_id(0)
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
         pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
         ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
@@ -100,11 +103,14 @@ def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, inv
 
 @triton.jit
 def _bn_act_bwd_dx_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, mg_ptr, mgx_ptr,
-                          OUTER, C, INNER, alpha, gain, clamp,
+                          OUTER, C, INNER, alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
                           ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
                           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """dx = scale * (g - mean(g) - x_hat * mean(g * x_hat)) (pass 2 of the backward)."""
     pid = tl.program_id(0)
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
         pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
         ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
@@ -159,7 +165,7 @@ def bn_act_bwd(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: to
     sg, sgx = (_partials(x, outer, c, inner, cl, block_r, block_i, acc) for _ in range(2))
     meta = dict(ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None, IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl,
                 BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))
-    scalars = (float(alpha), float(gain), float(clamp) if clamp is not None else 0.0)
+    scalars = _scalar_args(alpha, gain, clamp)
     _bn_act_bwd_reduce_kernel[(n,)](dy, x, scale, shift, mean, invstd, sg, sgx, outer, c, inner, *scalars, **meta)
     sum_g = _per_channel(sg, outer, c, cl).sum(0)
     sum_gx = _per_channel(sgx, outer, c, cl).sum(0)

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import ACT_IDS, act_d1, act_d2, act_fwd
-from .common import TILE_ELEMENTS, check_launch_dtype, is_dense, is_interpreted
+from .activation import ACT_IDS, act_d1, act_d2, act_fwd, scalar_arg
+from .common import TILE_ELEMENTS, check_launch_dtype, is_dense, is_interpreted, split_float
 
 __all__ = ["bias_act_fwd", "bias_act_bwd", "channel_layout"]
 
@@ -74,10 +74,15 @@ def _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST: tl.constexpr, BLOC
 
 @triton.jit
 def _bias_act_fwd_kernel(x_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gain, clamp,
+                         alpha_lo, gain_lo, clamp_lo,
                          ACT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                          HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
+    # float64: the scalars come as float32 hi + lo pairs (common.split_float)
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     z = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
@@ -93,11 +98,14 @@ def _bias_act_fwd_kernel(x_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gai
 
 @triton.jit
 def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dy_ptr, out_ptr, partial_ptr, OUTER, C, INNER,
-                         alpha, gain, clamp,
+                         alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
                          ACT: tl.constexpr, ORDER: tl.constexpr, HAS_BIAS: tl.constexpr,
                          HAS_CLAMP: tl.constexpr, NEED_DB: tl.constexpr, IS_F64: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     z = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
@@ -175,6 +183,13 @@ def _dense(x: torch.Tensor, dim: int):
     return x, layout
 
 
+def _scalar_args(alpha: float, gain: float, clamp: float | None) -> tuple[float, ...]:
+    """(alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo): the kernels' float arguments as
+    float32 hi/lo pairs (see ``common.split_float``; clamp 0.0 when absent)."""
+    (a, a_lo), (g, g_lo), (c, c_lo) = (split_float(v) for v in (alpha, gain, clamp if clamp is not None else 0.0))
+    return a, g, c, a_lo, g_lo, c_lo
+
+
 def _num_warps(block_r: int, block_i: int) -> int:
     return 8 if block_r * block_i >= 4096 else 4
 
@@ -204,7 +219,7 @@ def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, al
     cl, block_r, block_i, n = _blocks(outer, c, inner)
     _bias_act_fwd_kernel[(n,)](
         x, scale if scale is not None else x, b if b is not None else x, y, outer, c, inner,
-        float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
+        *_scalar_args(alpha, gain, clamp),
         ACT=ACT_IDS[act], HAS_SCALE=scale is not None, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
         IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl, BLOCK_R=block_r, BLOCK_I=block_i,
         num_warps=_num_warps(block_r, block_i))
@@ -241,7 +256,7 @@ def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: 
         partial = out
     _bias_act_bwd_kernel[(n,)](
         g, x, b if b is not None else x, dy, out, partial, outer, c, inner,
-        float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
+        *_scalar_args(alpha, gain, clamp),
         ACT=ACT_IDS[act], ORDER=order, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
         NEED_DB=need_db, IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl,
         BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))

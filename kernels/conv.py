@@ -29,7 +29,9 @@ K is walked in one of two ways (compile-time ``TAP_LOOP``):
 Precision: fp16/bf16 inputs use tensor-core dots with fp32 accumulation. fp32 inputs use
 tl.dot with ``input_precision="tf32"`` when ``TF32`` is set (the launcher follows
 ``torch.backends.cudnn.allow_tf32``, i.e. what F.conv2d itself does on CUDA, default on),
-else "ieee". The Triton interpreter computes dots exactly in fp32 whatever the flag.
+else "ieee"; tf32 operands are rounded to nearest first (``_round_tf32_rtne``: Triton may
+truncate them, which doubles the error). The Triton interpreter computes dots exactly in fp32
+whatever the flag.
 Under the interpreter, fp16/bf16 tiles are converted to fp32 before the dot (its numpy
 dot does not take bf16; bf16 x bf16 products are exact in fp32, as on tensor cores), and
 bf16 outputs are rounded to nearest even explicitly (its fp32 -> bf16 cast truncates).
@@ -47,8 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import ACT_IDS, act_fwd
-from .common import check_launch_dtype, is_interpreted
+from .activation import ACT_IDS, act_fwd, scalar_arg
+from .common import check_launch_dtype, is_interpreted, split_float
 
 __all__ = ["conv2d_act_fwd", "conv_transpose2d_act_fwd", "conv_output_size",
            "conv_transpose_output_size", "output_channels_last"]
@@ -65,6 +67,19 @@ def _round_bf16_rtne(v):
 
 
 @triton.jit
+def _round_tf32_rtne(v):
+    """fp32 -> the nearest tf32 value (10 mantissa bits, ties to even), still as fp32; Inf/NaN
+    unchanged. tl.dot's "tf32" mode may just drop the 13 low mantissa bits of fp32 operands
+    (Triton documents this): a one-sided error about 2.6x that of the rounded conversion
+    cuDNN's tf32 convolutions use, and above the tf32 test bound. Rounded here, the fused
+    conv is as accurate as the vendor path the dispatcher may swap it for."""
+    bits = v.to(tl.int32, bitcast=True)
+    rounded = (bits + (0xFFF + ((bits >> 13) & 1))) & -8192
+    special = (bits & 0x7F800000) == 0x7F800000
+    return tl.where(special, bits, rounded).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _conv_act_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
         N, CIG, H, W, COG, OH, OW, OHP, OWP,
@@ -72,11 +87,11 @@ def _conv_act_kernel(
         sw_g, sw_o, sw_i, sw_h, sw_w,
         sy_n, sy_c, sy_h, sy_w,
         KH, KW, STR_H, STR_W, PAD_H, PAD_W, DIL_H, DIL_W, STEP_H, STEP_W,
-        alpha, gain, clamp,
+        alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
         TRANSPOSED: tl.constexpr, TAP_LOOP: tl.constexpr, ACT: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
-        IS_F64: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr, RTNE_BF16: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        IS_F64: tl.constexpr, TF32: tl.constexpr, ROUND_TF32: tl.constexpr, UPCAST: tl.constexpr,
+        RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_gp = tl.program_id(1)
     n_nblocks = (COG + BLOCK_N - 1) // BLOCK_N
@@ -177,6 +192,8 @@ def _conv_act_kernel(
                         acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
                     elif UPCAST:
                         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                    elif ROUND_TF32:
+                        acc = tl.dot(_round_tf32_rtne(a), _round_tf32_rtne(b), acc, input_precision="tf32")
                     elif TF32:
                         acc = tl.dot(a, b, acc, input_precision="tf32")
                     else:
@@ -205,6 +222,8 @@ def _conv_act_kernel(
                 acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
             elif UPCAST:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+            elif ROUND_TF32:
+                acc = tl.dot(_round_tf32_rtne(a), _round_tf32_rtne(b), acc, input_precision="tf32")
             elif TF32:
                 acc = tl.dot(a, b, acc, input_precision="tf32")
             else:
@@ -219,6 +238,9 @@ def _conv_act_kernel(
             tl.store(z_ptr + out_offs, _round_bf16_rtne(acc).to(z_ptr.dtype.element_ty), mask=out_ok)
         else:
             tl.store(z_ptr + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_ok)
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     v = acc
     if HAS_BIAS:
         v += tl.load(b_ptr + chan, mask=co_ok, other=0.0).to(acc.dtype)[None, :]
@@ -371,6 +393,8 @@ def _launch(x, w, b, stride, padding, dilation, groups, output_padding, transpos
     k_total = kh * kw * cig
     tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop)
     grid = (triton.cdiv(rows, bm) * triton.cdiv(cog, bn), grid1)
+    # alpha, gain, clamp as float32 hi/lo pairs: exact float64 scalars (see common.split_float)
+    hi, lo = zip(*(split_float(v) for v in (alpha, gain, clamp if clamp is not None else 0.0)))
     _conv_act_kernel[grid](
         x, w, b if b is not None else w, y, z if z is not None else y,
         n_, cig, h, w_in, cog, oh, ow, ohp, owp,
@@ -378,10 +402,11 @@ def _launch(x, w, b, stride, padding, dilation, groups, output_padding, transpos
         sw_g, sw_o, sw_i, w.stride(2), w.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         kh, kw, sh, sw, ph, pw, dh, dw, step_h, step_w,
-        float(alpha), float(gain), float(clamp) if clamp is not None else 0.0,
+        *hi, *lo,
         TRANSPOSED=transposed, TAP_LOOP=tap, ACT=ACT_IDS[act], HAS_BIAS=b is not None,
         HAS_CLAMP=clamp is not None, STORE_Z=z is not None, IS_F64=x.dtype == torch.float64,
-        TF32=_use_tf32(x), UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16),
+        TF32=_use_tf32(x), ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
+        UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16),
         RTNE_BF16=is_interpreted() and x.dtype == torch.bfloat16,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
     return y, z

@@ -16,14 +16,11 @@ The launchers copy to contiguous otherwise; outputs keep their input's layout.
 program per sample, so the per-sample terms land in a length-N buffer whose sum is P (one
 small reduction, no host synchronisation).
 """
-import math
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
-from .common import check_launch_dtype, is_dense, is_interpreted
+from .common import check_launch_dtype, is_dense, is_interpreted, split_float as _split
 
 __all__ = ["PENALTY_KINDS", "interpolate", "grad_penalty_fwd", "grad_penalty_bwd"]
 
@@ -110,17 +107,6 @@ def _batch_major(x: torch.Tensor) -> bool:
 def _pointwise_block(total: int) -> int:
     block = 4096 * (16 if is_interpreted() else 1)
     return max(16, min(block, triton.next_power_of_2(total)))
-
-
-def _split(value: float) -> tuple[float, float]:
-    """value = hi + lo with hi and lo float32 numbers (about 48 significant bits together)."""
-    try:
-        hi = struct.unpack("f", struct.pack("f", value))[0]
-    except OverflowError:
-        hi = math.copysign(math.inf, value)
-    if not math.isfinite(hi):  # beyond float32's range: inf on the GPU either way
-        return hi, 0.0
-    return hi, struct.unpack("f", struct.pack("f", value - hi))[0]
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:

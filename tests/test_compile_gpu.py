@@ -2,7 +2,7 @@
 
 The interpreter does not check what only compilation checks (constexpr branches returning
 tuples from helpers, dtype promotion of scalars, loop-carried types). This compiles the
-bias_act and batch-norm kernels, in a fresh process without TRITON_INTERPRET, to GPU machine
+bias_act, batch-norm, loss and penalty kernels, in a fresh process without TRITON_INTERPRET, to GPU machine
 code with the installed Triton (the conv kernels have their own check in test_conv.py).
 """
 import os
@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 ba = importlib.import_module("fastgan.kernels.bias_act")
 bn = importlib.import_module("fastgan.kernels.batch_norm_act")
-SCALARS = ("alpha", "gain", "clamp")
+SCALARS = ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo")
 INTS = ("OUTER", "C", "INNER")
 ACC_PTRS = ("partial_ptr", "count_ptr", "mean_ptr", "m2_ptr", "sg_ptr", "sgx_ptr", "scale_ptr", "shift_ptr",
             "invstd_ptr", "mg_ptr", "mgx_ptr", "s_ptr")
@@ -42,11 +42,37 @@ for kernel, extra in ((ba._bias_act_fwd_kernel, dict(HAS_SCALE=True, HAS_BIAS=Tr
         triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 8})
         n += 1
+# losses and penalties (float scalars: the hi/lo pairs; ints that equal 1 become constexprs on the GPU)
+ls = importlib.import_module("fastgan.kernels.losses")
+pen = importlib.import_module("fastgan.kernels.penalty")
+for dt in ("bf16", "fp32", "fp16", "fp64"):
+    acc = "fp64" if dt == "fp64" else "fp32"
+    for real_term, fake_term, has_real, ones in ((0, 1, True, False), (3, 4, True, True), (7, 2, False, False),
+                                                 (5, 6, True, False), (8, 8, True, True)):
+        consts = dict(REAL_TERM=real_term, FAKE_TERM=fake_term, HAS_REAL=has_real, IS_F64=dt == "fp64", BLOCK=1024)
+        if ones:
+            consts.update(NUM_PROGRAMS=1, ITERS_REAL=1, ITERS_FAKE=1)
+        sig = {a: "constexpr" if a in consts else ("*" + acc) if a == "partial_ptr" else ("*" + dt)
+               if a.endswith("_ptr") else "i32" for a in ls._gan_loss_kernel.arg_names}
+        triton.compile(ASTSource(fn=ls._gan_loss_kernel, signature=sig, constexprs=consts),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        n += 1
+    for kernel, consts, ptrs in (
+            (pen._interpolate_kernel, dict(BLOCK=4096), {"eps_ptr": acc}),
+            (pen._grad_penalty_fwd_kernel, dict(KIND=0, BLOCK=4096), {"coef_ptr": acc, "term_ptr": acc}),
+            (pen._grad_penalty_fwd_kernel, dict(KIND=1, BLOCK=256, ITERS=1), {"coef_ptr": acc, "term_ptr": acc}),
+            (pen._grad_penalty_bwd_kernel, dict(BLOCK=4096), {"coef_ptr": acc, "dp_ptr": acc})):
+        consts = dict(consts, IS_F64=dt == "fp64")
+        sig = {a: "constexpr" if a in consts else ("*" + ptrs.get(a, dt)) if a.endswith("_ptr") else
+               "fp32" if a.endswith(("_hi", "_lo")) else "i32" for a in kernel.arg_names}
+        triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 8})
+        n += 1
 print("compiled", n)
 """
 
 
-def test_bias_act_and_batch_norm_kernels_compile_for_sm90(tmp_path):
+def test_elementwise_and_reduction_kernels_compile_for_sm90(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU compiles the real kernels in the other tests")
     pytest.importorskip("triton.backends.nvidia")
@@ -58,4 +84,4 @@ def test_bias_act_and_batch_norm_kernels_compile_for_sm90(tmp_path):
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("no ptxas to compile for the GPU here")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled 24" in proc.stdout
+    assert "compiled 60" in proc.stdout

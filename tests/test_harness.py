@@ -52,6 +52,26 @@ def test_document_follows_the_schema(doc):
     assert by_provider["fastgan"]["error"] == "fastgan needs CUDA here"
 
 
+def test_interrupt_finishes_the_document(monkeypatch):
+    """Ctrl-C (gpu_check.sh's ``timeout -s INT``) mid-run: the case in progress and the rest are
+    recorded as skipped, and the document written so far stays valid."""
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+
+    def interrupted(device, dtype):
+        raise KeyboardInterrupt
+
+    cases = [_tiny_case(), harness.Case(case="tiny.interrupted", family="ops", shape=[1], dtype="float32", bytes=4,
+                                        flops=0, make=interrupted), _tiny_case()]
+    written = []
+    out = harness.run(cases, ["eager"], torch.device("cpu"), log=lambda s: None,
+                      on_progress=lambda d: written.append(len(d["records"])))
+    harness.validate(out)
+    assert out["interrupted"] is True and written == [0, 1]
+    errors = [r["error"] for r in out["records"]]
+    assert errors[0] is None and all(e.startswith("skipped: interrupted") for e in errors[1:]) and len(errors) == 3
+
+
 def test_validate_rejects_broken_documents(doc):
     bad = json.loads(json.dumps(doc))
     del bad["records"][0]["median_ms"]

@@ -234,7 +234,9 @@ def test_eps_from_generator_is_reproducible(device):
     gen = lambda: torch.Generator(device=device).manual_seed(99)  # noqa: E731
     a = gradient_penalty(D, real, fake, generator=gen())
     b = gradient_penalty(D, real, fake, eps=draw_eps(real, gen()))
-    assert torch.equal(a, b)
+    # not torch.equal: on CUDA, cuDNN's input-gradient convolution may accumulate with atomics
+    # (run-to-run rounding differences); another eps would change the penalty by far more
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0)
     assert torch.equal(draw_eps(real, gen()), torch.rand(N, device=device, generator=gen()))
 
 

@@ -183,12 +183,22 @@ dist.destroy_process_group()
 """
 
 
+def _free_port() -> int:
+    """A TCP port free right now (the OS picks it): a fixed port collides with another process,
+    e.g. a second pytest-xdist worker or a concurrent run on the same machine."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "FASTGAN_BACKEND"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(script), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     reps = [torch.load(str(tmp_path / f"replica{i}.pt"), weights_only=True) for i in range(2)]
