@@ -58,10 +58,14 @@ def _bn_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
 
 @triton.jit
 def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER,
-                       alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
-                       CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+                       alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo, ACT: tl.constexpr,
+                       HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """For tile ``pid``: g = dy * gain * act'(u) * clamp-mask (zero outside the tensor), x_hat,
     the per-channel scale, and the tile's offsets, mask and channel index."""
+    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
+    gain = scalar_arg(gain, gain_lo, IS_F64)
+    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     x = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
@@ -85,12 +89,9 @@ def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, inv
                               CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """Per-tile partial sums of g and g * x_hat (pass 1 of the backward)."""
     pid = tl.program_id(0)
-    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
-    gain = scalar_arg(gain, gain_lo, IS_F64)
-    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
         pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
-        ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+        alpha_lo, gain_lo, clamp_lo, ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     gx = g * x_hat
     p_offs, p_mask = _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     if CHANNELS_LAST:
@@ -108,12 +109,9 @@ def _bn_act_bwd_dx_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr,
                           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """dx = scale * (g - mean(g) - x_hat * mean(g * x_hat)) (pass 2 of the backward)."""
     pid = tl.program_id(0)
-    alpha = scalar_arg(alpha, alpha_lo, IS_F64)  # float64: hi + lo pairs (common.split_float)
-    gain = scalar_arg(gain, gain_lo, IS_F64)
-    clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
         pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
-        ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
+        alpha_lo, gain_lo, clamp_lo, ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     mg = tl.load(mg_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
     mgx = tl.load(mgx_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
     dx = scale * (g - mg - x_hat * mgx)

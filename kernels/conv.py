@@ -80,6 +80,24 @@ def _round_tf32_rtne(v):
 
 
 @triton.jit
+def _accumulate(acc, a, b, IS_F64: tl.constexpr, UPCAST: tl.constexpr, ROUND_TF32: tl.constexpr,
+                TF32: tl.constexpr):
+    """acc + a @ b for one K step: float64 as multiply + sum (tl.dot has no float64), half inputs
+    upcast when asked, float32 with TF32 (operands rounded to nearest first) or exact IEEE."""
+    if IS_F64:
+        acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
+    elif UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    elif ROUND_TF32:
+        acc = tl.dot(_round_tf32_rtne(a), _round_tf32_rtne(b), acc, input_precision="tf32")
+    elif TF32:
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _conv_act_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
         N, CIG, H, W, COG, OH, OW, OHP, OWP,
@@ -188,16 +206,7 @@ def _conv_act_kernel(
                                 mask=row_ok[:, None] & c_ok[None, :], other=0.0)
                     b = tl.load(w_tap + (c * sw_i)[:, None] + (co * sw_o)[None, :],
                                 mask=c_ok[:, None] & co_ok[None, :], other=0.0)
-                    if IS_F64:
-                        acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
-                    elif UPCAST:
-                        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-                    elif ROUND_TF32:
-                        acc = tl.dot(_round_tf32_rtne(a), _round_tf32_rtne(b), acc, input_precision="tf32")
-                    elif TF32:
-                        acc = tl.dot(a, b, acc, input_precision="tf32")
-                    else:
-                        acc = tl.dot(a, b, acc, input_precision="ieee")
+                    acc = _accumulate(acc, a, b, IS_F64, UPCAST, ROUND_TF32, TF32)
     else:
         K = nkh * nkw * CIG
         for k0 in range(0, K, BLOCK_K):
@@ -218,16 +227,7 @@ def _conv_act_kernel(
             w_k = c * sw_i + kh_v * sw_h + kw_v * sw_w
             b = tl.load(w_base + w_k[:, None] + (co * sw_o)[None, :],
                         mask=k_ok[:, None] & co_ok[None, :], other=0.0)
-            if IS_F64:
-                acc += tl.sum(a[:, :, None].to(tl.float64) * b[None, :, :].to(tl.float64), axis=1)
-            elif UPCAST:
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-            elif ROUND_TF32:
-                acc = tl.dot(_round_tf32_rtne(a), _round_tf32_rtne(b), acc, input_precision="tf32")
-            elif TF32:
-                acc = tl.dot(a, b, acc, input_precision="tf32")
-            else:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
+            acc = _accumulate(acc, a, b, IS_F64, UPCAST, ROUND_TF32, TF32)
 
     # ---- epilogue on the accumulator: z = conv(x, w); y = clamp(act(z + b) * gain)
     out_ok = m_ok[:, None] & co_ok[None, :]
