@@ -134,6 +134,8 @@ def cmd_train(args) -> int:
               f"{summary['elapsed_s']:.1f} s, {ips:.0f} images/s); last losses: D {summary['d_loss']:.4f}, "
               f"G {summary['g_loss']:.4f}; checkpoint {summary['checkpoint']}; samples in {summary['samples']}"
               if summary["steps_run"] else f"nothing to do: already at step {summary['step']}")
+        if summary.get("resources"):
+            print(f"resources: {summary['resources']} ({summary['resources_file']})")
         if summary["status"] == "interrupted":
             print(f"interrupted: resume with --resume {summary['checkpoint']}")
     from fastgan.train import distributed

@@ -42,6 +42,10 @@ def test_short_run_learns_something(tmp_path):
     assert max(accs) - min(accs) > 0.1, f"D accuracy never moved: {accs}"
     assert os.path.exists(os.path.join(cfg.out, "samples", "step_0000030.png"))
     assert os.path.exists(os.path.join(cfg.out, "checkpoint.pt"))
+    res = json.load(open(os.path.join(cfg.out, "resources.json")))  # ResourceMonitor around the loop
+    assert res["steps"] == 30 and res["images"] == 30 * 16 and res["wall_s"] > 0
+    assert res["energy_j"] is None and res["gpu_unavailable_reason"]  # CPU: no NVML energy, and why
+    assert summary["resources_file"].endswith("resources.json") and "images/s" in summary["resources"]
 
 
 @pytest.mark.parametrize("loss,penalty", [("hinge", "wgan-gp"), ("wgan", "wgan-gp"), ("lsgan", "none"),

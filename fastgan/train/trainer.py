@@ -34,9 +34,10 @@ import warnings
 import torch
 
 from .. import functional as FG
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_json
 from ..data import load_dataset, make_loader
 from ..models import build_dcgan
+from ..profile import ResourceMonitor
 from . import distributed as dist_util
 from . import graphs as graph_util
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -517,9 +518,15 @@ class Trainer:
                 for step, values, step_ms, t_host in pending.ready(wait_all):
                     emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
 
+        # time, energy (NVML), memory and per-step statistics of this run: OUT/resources.json
+        monitor = ResourceMonitor() if main else None
+        if monitor is not None:
+            monitor.__enter__()
         try:
             while self.step < cfg.steps:
                 stats = self.train_step([next(data)[0] for _ in range(cfg.n_critic)])
+                if monitor is not None:
+                    monitor.step(cfg.batch_size * cfg.n_critic)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     if pending is not None:
                         pending.push(self.step, self._last_stats_vec)
@@ -547,6 +554,8 @@ class Trainer:
                 bar.close()
             if tb is not None:
                 tb.close()
+            if monitor is not None:
+                monitor.__exit__(None, None, None)
         elapsed = time.perf_counter() - t_start
         done = self.step - start_step
         last = self.history[-1] if self.history else {}
@@ -556,9 +565,13 @@ class Trainer:
                    "checkpoint": os.path.join(cfg.out, LATEST),
                    "samples": os.path.join(cfg.out, "samples"), "device": str(self.device),
                    "backend": _backend_name(self.device, cfg.fused)}
+        if monitor is not None:
+            res = monitor.report()
+            summary.update(energy_j=res["energy_j"], joules_per_image=res["joules_per_image"],
+                           energy_source=res["energy_source"], resources=monitor.summary(),
+                           resources_file=monitor.to_json(os.path.join(cfg.out, "resources.json")))
         if main:
-            with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            atomic_write_json(os.path.join(cfg.out, "summary.json"), summary)
         return summary
 
 
