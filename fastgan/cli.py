@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N steps")
     train.add_argument("--ckpt-every", type=int, default=500, help="write the checkpoint every N steps")
     train.add_argument("--log-every", type=int, default=10, help="log losses every N steps")
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--workers", type=int, default=None,
+                       help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image folders)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
     train.set_defaults(func=cmd_train)

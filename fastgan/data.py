@@ -220,7 +220,11 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset, batch_size: int, seed: int, start_step: int, end_step: int, device: torch.device,
-                workers: int = 0, rank: int = 0, world_size: int = 1):
+                workers: int | None = None, rank: int = 0, world_size: int = 1):
+    """A DataLoader of ``StepBatchSampler`` batches; pinned memory on CUDA. ``workers=None``:
+    in-memory tensors need no worker processes; image folders get up to 8 decoding workers."""
+    if workers is None:
+        workers = 0 if isinstance(dataset, torch.utils.data.TensorDataset) else min(8, os.cpu_count() or 1)
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, end_step, rank, world_size)
     pin = device.type == "cuda"
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,

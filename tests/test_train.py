@@ -251,3 +251,16 @@ def test_tensorboard_option(tmp_path):
     t = Trainer(tiny(tmp_path, tensorboard=True, steps=2))
     t.train()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(t.cfg.out, "tb")))
+
+
+def test_trains_from_a_folder_of_images_with_workers(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 90)).save(folder / f"{i}.png")
+    t = Trainer(tiny(tmp_path, data=str(folder), batch_size=4, steps=2, workers=None))
+    assert len(t.dataset) == 8
+    summary = t.train()
+    assert summary["status"] == "completed" and t.step == 2

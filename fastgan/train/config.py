@@ -15,7 +15,7 @@ class TrainConfig:
     data: str | None = None          # None: the embedded shapes dataset; else a folder of images or an .npz
     resolution: int = 32             # 32 or 64
     n_embedded: int = 8192           # images in the embedded dataset
-    workers: int = 0                 # DataLoader worker processes (folders of images benefit)
+    workers: int | None = None       # DataLoader workers (None: 0 for in-memory data, up to 8 for image folders)
     # models
     z_dim: int = 128
     g_width: int = 64
@@ -81,7 +81,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
-        if self.workers < 0:
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 0):
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
 
     def to_dict(self) -> dict:
