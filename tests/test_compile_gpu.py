@@ -5,12 +5,7 @@ tuples from helpers, dtype promotion of scalars, loop-carried types). This compi
 bias_act, batch-norm, loss and penalty kernels, in a fresh process without TRITON_INTERPRET, to GPU machine
 code with the installed Triton (the conv kernels have their own check in test_conv.py).
 """
-import os
-import subprocess
-import sys
-
-import pytest
-import torch
+from .utils import compile_for_sm90
 
 _COMPILE = r"""
 import importlib
@@ -73,15 +68,5 @@ print("compiled", n)
 
 
 def test_elementwise_and_reduction_kernels_compile_for_sm90(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU compiles the real kernels in the other tests")
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGAN_BACKEND")}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("no ptxas to compile for the GPU here")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled 60" in proc.stdout
+    stdout = compile_for_sm90(_COMPILE, tmp_path)
+    assert "compiled 60" in stdout

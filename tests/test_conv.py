@@ -18,7 +18,7 @@ from fastgan.functional import conv2d_act, conv_dispatch, conv_transpose2d_act, 
 from fastgan.functional.gradfix import no_weight_gradients
 from fastgan.nn import Conv2dAct, ConvTranspose2dAct
 
-from .utils import TOL, TOL_TF32, assert_close, poison_, rel_err
+from .utils import TOL, TOL_TF32, assert_close, compile_for_sm90, poison_, rel_err
 
 
 def _tol(dtype, device):
@@ -261,22 +261,7 @@ print("compiled", len(variants))
 def test_kernel_compiles_for_gpu(tmp_path):
     """The interpreter does not check what only compilation checks (loop-carried types, dot
     shapes and dtypes): compile the kernel for sm_90 in a fresh process without a GPU."""
-    import os
-    import subprocess
-    import sys
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU compiles the real kernels in the other tests")
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGAN_BACKEND")}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
-        pytest.skip("no ptxas to compile for the GPU here")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled" in proc.stdout
+    assert "compiled" in compile_for_sm90(_COMPILE_CHECK, tmp_path)
 
 
 # ----------------------------------------------------------------------------- gradcheck / gradgradcheck

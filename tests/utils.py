@@ -1,4 +1,10 @@
-"""Shared test helpers: the error metric and tolerances of DESIGN.md section 3."""
+"""Shared test helpers: the error metric and tolerances of DESIGN.md section 3, and the
+compile-for-sm_90 runner."""
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 # ||out - ref|| / ||ref|| bounds per dtype (float32 with tf32 dots: TOL_TF32).
@@ -27,3 +33,21 @@ def assert_close(out, ref, dtype, what="output", tol=None):
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN so that any element a kernel forgets to write fails the comparison."""
     return t.fill_(float("nan"))
+
+
+def compile_for_sm90(script: str, tmp_path) -> str:
+    """Run ``script`` (which calls triton.compile for sm_90) in a fresh process without the
+    interpreter and return its stdout; skips with a GPU (the real kernels compile there) or
+    without Triton's NVIDIA backend / ptxas."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU compiles the real kernels in the other tests")
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTGAN_BACKEND")}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas to compile for the GPU here")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
