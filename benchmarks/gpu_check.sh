@@ -4,16 +4,20 @@
 #     bash benchmarks/gpu_check.sh            # results under $OUT (or ./gpu_check_out)
 #
 # 1. offline editable install (no network on the GPU machine: --no-deps --no-build-isolation)
-# 2. the whole test suite compiled for CUDA (FASTGAN_TEST_DEVICE=cuda: the kernel tests run the
+# 2. the capture probe: issue 6's first question, answered before anything else can use the time:
+#    does autograd.grad(create_graph=True) + backward + Adam capture in ONE CUDA graph and replay
+#    like eager (plain torch and fastgan layers, then capture_step with R1 and WGAN-GP)? Its
+#    verdict and any error text are appended to env.log
+# 3. the whole test suite compiled for CUDA (FASTGAN_TEST_DEVICE=cuda: the kernel tests run the
 #    compiled kernels on CUDA tensors, and the @pytest.mark.gpu tests run: ResourceMonitor/NVML,
 #    CUDA-graph steps, compiled Triton speed paths)
-# 3. the pytest-benchmark micro cases on CUDA (fastgan's Triton path vs plain torch)
-# 4. the quick benchmark suite (JSON + log with the full Markdown table), cut off by its own
+# 4. the pytest-benchmark micro cases on CUDA (fastgan's Triton path vs plain torch)
+# 5. the quick benchmark suite (JSON + log with the full Markdown table), cut off by its own
 #    --time-budget so that its JSON is complete even when compile times run long
-# 5. the compact speedup summary, printed last
+# 6. the compact speedup summary, printed last
 # Everything is written under $OUT; at most 8 files come back from the device tool:
 #   env.log pytest.log pytest.xml micro.json bench.json bench.log summary.txt [bench.png]
-# Budget: about 7.5 minutes at most (stage timeouts 200 + 35 + 165 s, plus install and summary); each
+# Budget: about 7.3 minutes at most (stage timeouts 45 + 170 + 35 + 165 s, plus install and summary); each
 # stage has its own timeout (seconds, overridable through the environment below). A stage that
 # runs out gets SIGINT (Ctrl-C) first, so pytest still prints its summary and writes its XML and
 # the bench suite records the rest as skipped and writes a complete bench.json; SIGKILL follows
@@ -26,7 +30,8 @@ export PYTHONUNBUFFERED=1
 # no network here: pip must not look for an index or a newer pip (also for tests that run pip)
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PY="${PYTHON:-python3}"
-TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-200}"
+PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-45}"
+TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-170}"
 MICRO_TIMEOUT="${GPU_CHECK_MICRO_TIMEOUT:-35}"
 BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-165}"
 BENCH_BUDGET=$(( BENCH_TIMEOUT - 30 ))   # no new case starts after this; leaves time to finish one
@@ -64,6 +69,14 @@ PYEOF
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" -c "import fastgan.kernels, fastgan.benchmarks" || { echo "install failed; see $OUT/env.log"; exit 1; }
 fi
+
+echo "== capture probe: autograd.grad(create_graph=True) in one CUDA graph" | tee -a "$OUT/env.log"
+FASTGAN_TEST_DEVICE=cuda timeout -s INT -k 10 "$PROBE_TIMEOUT" "$PY" -m pytest tests/test_graphs.py -q -rA \
+  -p no:cacheprovider -k "autograd_grad_create_graph or capture_step_penalties" > "$OUT/probe.tmp" 2>&1
+rc=$?
+cat "$OUT/probe.tmp" >> "$OUT/env.log"; rm -f "$OUT/probe.tmp"
+grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/env.log" | tail -n 6
+[ $rc -eq 0 ] || { echo "capture probe: exit $rc (error text in env.log)"; status=1; }
 
 echo "== tests on CUDA (compiled kernels, gpu-marked tests included)"
 XDIST=""
