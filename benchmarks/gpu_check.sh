@@ -17,7 +17,7 @@
 # 6. the compact speedup summary, printed last
 # Everything is written under $OUT; at most 8 files come back from the device tool:
 #   env.log pytest.log pytest.xml micro.json bench.json bench.log summary.txt [bench.png]
-# Budget: about 7.3 minutes at most (stage timeouts 45 + 170 + 35 + 165 s, plus install and summary); each
+# Budget: about 7.6 minutes at most (stage timeouts 60 + 170 + 35 + 165 s, plus install and summary); each
 # stage has its own timeout (seconds, overridable through the environment below). A stage that
 # runs out gets SIGINT (Ctrl-C) first, so pytest still prints its summary and writes its XML and
 # the bench suite records the rest as skipped and writes a complete bench.json; SIGKILL follows
@@ -30,7 +30,7 @@ export PYTHONUNBUFFERED=1
 # no network here: pip must not look for an index or a newer pip (also for tests that run pip)
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PY="${PYTHON:-python3}"
-PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-45}"
+PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-60}"
 TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-170}"
 MICRO_TIMEOUT="${GPU_CHECK_MICRO_TIMEOUT:-35}"
 BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-165}"

@@ -7,6 +7,7 @@ GPU tests (@pytest.mark.gpu, run by benchmarks/gpu_check.sh): run
 relies on (autograd.grad(create_graph=True) + backward + optimizer step captured in one graph).
 """
 import copy
+import gc
 import io
 import re
 
@@ -202,6 +203,69 @@ def test_capture_step_argument_errors():
         bad = capture_step(lambda x: (x, 1.5), x)
     with pytest.raises(TypeError, match=r"output\[1\]: a captured step may return tensors"):
         bad(x)
+
+
+class _RecordingCapture:
+    """Stands in for torch.cuda.graph on a CPU: records whether the garbage collector was
+    enabled inside the captured region (torch >= 2.9 no longer collects before capturing, and
+    an old CUDAGraph freed mid-capture would spoil the capture)."""
+
+    seen: list = []
+
+    def __init__(self, graph, pool=None, stream=None, capture_error_mode="global"):
+        self.mode = capture_error_mode
+
+    def __enter__(self):
+        _RecordingCapture.seen.append(("enter", gc.isenabled(), self.mode))
+
+    def __exit__(self, *exc):
+        _RecordingCapture.seen.append(("exit", gc.isenabled(), self.mode))
+        return False
+
+
+def test_capture_holds_the_garbage_collector_and_explains_failures(monkeypatch):
+    """CapturedStep._capture, with torch.cuda's capture primitives replaced by recorders (the
+    real capture needs a GPU: tests/test_graphs.py's @gpu tests): the collector is off exactly
+    during the capture and back on afterwards, also when the step fails, and a failure becomes
+    a CaptureError naming the root cause."""
+
+    class _Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "graph", _RecordingCapture)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+
+    def make(fn):
+        step = object.__new__(G.CapturedStep)
+        step.fn, step.name, step.generators, step.before_capture = fn, "probe", (), None
+        step.capture_error_mode, step.pool, step.stream, step.device = "thread_local", None, _Stream(), None
+        step.static_inputs, step.graph = (torch.ones(2),), None
+        return step
+
+    assert gc.isenabled()
+    _RecordingCapture.seen = []
+    ok = make(lambda x: x * 3)
+    ok._capture()
+    assert _RecordingCapture.seen == [("enter", False, "thread_local"), ("exit", False, "thread_local")]
+    assert gc.isenabled() and ok.captured and torch.equal(ok.static_outputs, torch.full((2,), 3.0))
+
+    def host_read(x):
+        if x.sum() > 0:  # a host read: fails under a real capture
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return x
+
+    bad = make(host_read)
+    with pytest.raises(CaptureError, match="probe: CUDA graph capture failed: RuntimeError: operation not permitted"):
+        bad._capture()
+    assert gc.isenabled() and not bad.captured
+    gc.disable()
+    try:
+        make(lambda x: x)._capture()
+        assert not gc.isenabled(), "a collector the caller disabled stays disabled"
+    finally:
+        gc.enable()
 
 
 # ----------------------------------------------------------------------------- CPU: fallback reasons, helpers
@@ -469,7 +533,9 @@ def test_gpu_lazy_r1_schedule_matches_eager(tmp_path, exact_cuda):
 
 
 @gpu
-def test_gpu_trainer_graphs_match_eager_bf16(tmp_path):
+def test_gpu_trainer_graphs_match_eager_bf16(tmp_path, exact_cuda):
+    """bf16 autocast; deterministic cuDNN (exact_cuda) so that both runs use the same algorithms
+    (d_acc moves in steps of 1/batch: one logit flipping sign would exceed any tight tolerance)."""
     tg, te, _, hist = _run_pair(tmp_path, 12, amp=True, penalty="r1", reg_interval=2)
     _assert_same_run(tg, te, hist["g"], hist["e"], rtol=2e-2, atol=2e-3)
 

@@ -24,7 +24,9 @@ How a step is captured (``CapturedStep``):
    choices (fastgan's conv dispatch timing, cuDNN benchmarking) before capture.
 2. The next call captures ``fn`` on that side stream (``torch.cuda.graph`` with the shared
    pool, ``capture_error_mode="thread_local"`` as torch's own CUDA-graph trees use, so that a
-   data-loader thread pinning memory cannot break the capture), then replays it once.
+   data-loader thread pinning memory cannot break the capture), then replays it once. The
+   garbage collector runs just before and is paused during the capture: an old graph freed
+   mid-capture would make CUDA calls that are illegal while a stream captures.
 3. Every later call copies the inputs into the static buffers and replays.
 
 Rules a captured function must follow (fastgan's losses, penalties, layers and the trainer
@@ -65,6 +67,7 @@ When capture is impossible the trainer warns and runs eager steps (same results)
 from __future__ import annotations
 
 import collections
+import gc
 import time
 import warnings
 from typing import Callable
@@ -274,6 +277,12 @@ class CapturedStep:
                 for g in self.generators:
                     graph.register_generator_state(g)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        # An old CUDAGraph freed by the garbage collector during the capture would call CUDA
+        # functions that are illegal while a stream captures and spoil this capture (torch >= 2.9
+        # no longer collects before capturing). Collect now; no collection until the capture ends.
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
                                   capture_error_mode=self.capture_error_mode):
@@ -287,6 +296,9 @@ class CapturedStep:
                 f"{self.name}: CUDA graph capture failed: {detail[:2000]}. Inside a captured step nothing may "
                 "read a tensor on the host (.item(), bool(t), float(t)), compile or autotune a kernel, "
                 "synchronize, or draw from an unregistered torch.Generator (pass it as generators=)") from exc
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self.graph, self.static_outputs = graph, out
 
     def __repr__(self):
