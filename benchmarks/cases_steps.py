@@ -35,7 +35,8 @@ eager warm-up steps, the capture and one replay). Penalty steps penalise every D
 cases report images/s (``Case.images`` = the batch) and, on CUDA, energy per call.
 
 FLOPs are an estimate of the convolution work (a backward pass counted as twice its forward,
-a penalty pass as six forwards of D); bytes a lower bound (the image batches once, the
+a WGAN-GP penalty pass as six forwards of D, an R1 pass as three: it reuses the real batch's
+forward); bytes a lower bound (the image batches once, the
 parameters and Adam's state read and written once). The roofline fraction of a whole step is
 therefore only indicative.
 
@@ -203,7 +204,10 @@ def _func_d_step(tr):
                  "d_acc": 0.5 * ((r > 0).float().mean() + (f < 0).float().mean())}  # as Trainer.d_step returns
         return loss + penalty, stats
 
-    grads_fn = compile_fn(lambda params, real, fake, eps: grad(loss_fn, has_aux=True)(params, real, fake, eps))
+    # fullgraph: a graph break would silently run (parts of) this step eagerly under the name
+    # "compile"; with fullgraph it raises, and the case falls back to "split" with the error kept
+    grads_fn = compile_fn(lambda params, real, fake, eps: grad(loss_fn, has_aux=True)(params, real, fake, eps),
+                          fullgraph=True)
 
     def d_step(real):
         n = real.shape[0]
@@ -241,11 +245,12 @@ class _SplitD(torch.nn.Module):
         return self.compiled(x)
 
 
-def _compile_trainer(device, amp, res, width, batch, loss, penalty, split=False):
+def _compile_trainer(device, amp, res, width, batch, loss, penalty, split=False, backend=None):
     tr = _trainer(device, amp, res, width, batch, loss, penalty, fused=False)
     plain_d = tr.D
-    tr.G = compile_fn(tr.G)
-    tr.D = compile_fn(plain_d)
+    more = {} if backend is None else {"backend": backend}
+    tr.G = compile_fn(tr.G, **more)
+    tr.D = compile_fn(plain_d, **more)
     if split:
         tr.D = _SplitD(plain_d, tr.D)
     return tr
@@ -253,14 +258,20 @@ def _compile_trainer(device, amp, res, width, batch, loss, penalty, split=False)
 
 def _probe_default(device, amp, res, width, batch, loss, penalty, what, real) -> tuple[str | None, str]:
     """Run torch.compile's default configuration on a penalty step, once per run and penalty
-    kind: (its error text or None when it worked, the case it was probed on)."""
+    kind: (its error text or None when it worked, the case it was probed on).
+
+    The probe compiles with backend ``aot_eager``: the double-backward limit is AOTAutograd's,
+    reached before any backend runs, so the error is the same as inductor's without an
+    inductor compilation (tens of seconds of the run's budget). If the probe works, the case
+    times the default configuration with the run's own backend."""
     from .harness import COMPILE, _error_text
 
     key = (COMPILE["backend"], penalty)
     if key not in _DEFAULT_PROBE:
-        where = f"{what} step, {res}x{res}, batch {batch}, {'bf16 autocast' if amp else 'float32'}"
+        where = (f"{what} step, {res}x{res}, batch {batch}, {'bf16 autocast' if amp else 'float32'}, "
+                 f"probed with backend aot_eager")
         try:
-            tr = _compile_trainer(device, amp, res, width, batch, loss, penalty)
+            tr = _compile_trainer(device, amp, res, width, batch, loss, penalty, backend="aot_eager")
             _eager_backend(_step_fn(tr, what, real))()
             _DEFAULT_PROBE[key] = (None, where)
         except Exception as exc:
@@ -294,7 +305,8 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
             if penalty == "none":
                 tr = _compile_trainer(*args)
                 return _warm(_eager_backend(_step_fn(tr, what, real))), {
-                    "config": f"default: torch.compile(G), torch.compile(D), backend {backend}"}
+                    "config": f"default: torch.compile(G), torch.compile(D), mode default (no CUDA graphs), "
+                              f"backend {backend}"}
             default_error, probed_on = _probe_default(*args, what, real)
             extra = {"compile_default_error": default_error, "compile_default_probed_on": probed_on}
             if default_error is None:
@@ -326,8 +338,6 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
             return _warm(_step_fn(tr, what, real))
 
         def graphs():
-            if device.type != "cuda":
-                return "CUDA graphs need a CUDA device"
             try:
                 from fastgan.train import graphs as graph_util
             except ImportError as exc:
@@ -351,10 +361,14 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
             return fn, {"config": "Trainer(cuda_graphs=True): D/G steps captured as CUDA graphs and replayed"
                                   + (f" ({', '.join(captured)})" if captured else "")}
 
-        fns = {"eager": Lazy(eager), "compile": Lazy(compiled), "fastgan+graphs": Lazy(graphs)}
+        fns = {"eager": Lazy(eager), "compile": Lazy(compiled)}
         backend = fastgan.backend_for(real)
-        fns["fastgan"] = Lazy(fused) if backend == "triton" else (
-            f"fastgan's Triton path needs CUDA (backend here: {backend})")
+        # both fastgan providers time the Triton kernels; on another backend (Triton missing,
+        # FASTGAN_BACKEND=eager) they would time the eager reference lines under fastgan's name
+        no_triton = f"fastgan's Triton path needs CUDA and Triton (backend here: {backend})"
+        fns["fastgan"] = Lazy(fused) if backend == "triton" else no_triton
+        fns["fastgan+graphs"] = "CUDA graphs need a CUDA device" if device.type != "cuda" else (
+            Lazy(graphs) if backend == "triton" else no_triton)
         return fns
 
     return make

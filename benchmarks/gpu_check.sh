@@ -34,7 +34,7 @@ PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-60}"
 TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-170}"
 MICRO_TIMEOUT="${GPU_CHECK_MICRO_TIMEOUT:-35}"
 BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-165}"
-BENCH_BUDGET=$(( BENCH_TIMEOUT - 30 ))   # no new case starts after this; leaves time to finish one
+BENCH_BUDGET=$(( BENCH_TIMEOUT - 45 ))   # no new case or provider starts after this (the clock starts after imports)
 status=0
 
 {

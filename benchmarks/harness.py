@@ -69,8 +69,10 @@ COMPILE = {"backend": "inductor"}
 
 
 def compile_fn(fn, **kwargs):
-    """``torch.compile(fn)`` with the run's backend (default inductor, torch.compile's default)."""
-    return torch.compile(fn, backend=COMPILE["backend"], **kwargs)
+    """``torch.compile(fn)`` with the run's backend (default inductor, torch.compile's default)
+    unless ``backend=`` is given."""
+    kwargs.setdefault("backend", COMPILE["backend"])
+    return torch.compile(fn, **kwargs)
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -260,16 +262,34 @@ def _reset_compiler() -> None:
         pass
 
 
+def provider_order(providers: list[str]) -> list[str]:
+    """The order providers run in within a case: ``compile`` last, so that a budget or an
+    interrupt that lands during its (long) compilation leaves the other timings recorded."""
+    return [p for p in providers if p != "compile"] + [p for p in providers if p == "compile"]
+
+
 def run_case(case: Case, providers: list[str], device: torch.device, ceilings: dict, quick: bool = True,
-             log: Callable[[str], None] = print) -> list[dict]:
-    records = []
+             log: Callable[[str], None] = print, records: list | None = None,
+             deadline: float | None = None) -> list[dict]:
+    """Time ``case`` for each provider (in :func:`provider_order`); returns the records.
+
+    ``records``: a list the records are appended to as each provider finishes (so a caller that
+    catches a KeyboardInterrupt keeps the finished ones). ``deadline``: a ``time.perf_counter()``
+    value after which no further provider starts (it is recorded as skipped)."""
+    records = [] if records is None else records
+    providers = provider_order(providers)
     if "compile" in providers:
         _reset_compiler()
     try:
         fns = case.make(device, dtype_of(case.dtype))
     except Exception as exc:  # the case cannot even build its inputs here
-        return [_empty_record(case, p, f"setup failed: {_error_text(exc)}") for p in providers]
+        records.extend(_empty_record(case, p, f"setup failed: {_error_text(exc)}") for p in providers)
+        return records
     for provider in providers:
+        if deadline is not None and time.perf_counter() > deadline:
+            records.append(_empty_record(case, provider, "skipped: the run's time budget was spent before this "
+                                                         "provider"))
+            continue
         fn = fns.get(provider)
         extra = dict(fns.get(f"{provider}:extra") or {})
         if isinstance(fn, Lazy):
@@ -331,9 +351,11 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
     recorded with the error "skipped: ..." (the document stays complete and valid, which a
     killed process would not leave). ``on_progress(doc)`` is called once the ceilings are
     measured and after every case (the runner writes the JSON there, so a run cut short still
-    leaves its results). A KeyboardInterrupt (Ctrl-C, or ``timeout -s INT`` as
-    benchmarks/gpu_check.sh sends) ends the run early the same way: the case in progress and
-    the rest are recorded as "skipped: interrupted ..." and the document is returned.
+    leaves its results); a case whose providers outlast the budget records the providers it
+    did not start as skipped. A KeyboardInterrupt (Ctrl-C, or ``timeout -s INT`` as
+    benchmarks/gpu_check.sh sends) ends the run early the same way: the providers of the case
+    in progress that finished keep their records, the others and the remaining cases are
+    recorded as "skipped: interrupted ..." and the document is returned.
     """
     t0 = time.perf_counter()
     doc = environment(device)
@@ -354,17 +376,22 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
                    else f"skipped: the run's time budget ({budget_s:.0f} s) was spent before this case")
             doc["records"].extend(_empty_record(case, p, why) for p in providers)
             continue
+        records = []
         try:
-            records = run_case(case, providers, device, doc["ceilings"], quick, log)
+            run_case(case, providers, device, doc["ceilings"], quick, log, records=records,
+                     deadline=None if budget_s is None else t0 + budget_s)
         except KeyboardInterrupt:
             interrupted = True
             doc["interrupted"] = True
             skipped += 1
-            doc["records"].extend(_empty_record(case, p, "skipped: interrupted (KeyboardInterrupt / SIGINT) "
-                                                         "before this case finished") for p in providers)
+            done = {r["provider"] for r in records}  # providers finished before the interrupt stay
+            records.extend(_empty_record(case, p, "skipped: interrupted (KeyboardInterrupt / SIGINT) before this "
+                                                  "provider finished") for p in provider_order(providers)
+                           if p not in done)
             log(f"interrupted during {case.case}: the remaining cases are recorded as skipped")
-            continue
         doc["records"].extend(records)
+        if interrupted:
+            continue
         if on_progress is not None:
             on_progress(doc)
     doc["elapsed_s"] = time.perf_counter() - t0

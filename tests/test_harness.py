@@ -72,6 +72,57 @@ def test_interrupt_finishes_the_document(monkeypatch):
     assert errors[0] is None and all(e.startswith("skipped: interrupted") for e in errors[1:]) and len(errors) == 3
 
 
+def test_interrupt_keeps_the_finished_providers_of_the_case(monkeypatch):
+    """compile runs last within a case; an interrupt during it keeps the other providers' records."""
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+
+    def make(device, dtype):
+        x = torch.randn(64, device=device, dtype=dtype)
+
+        def compiled():
+            raise KeyboardInterrupt
+
+        return {"compile": compiled, "eager": lambda: x * 2, "fastgan": "fastgan needs CUDA here"}
+
+    case = harness.Case(case="tiny.mixed", family="layers", shape=[64], dtype="float32", bytes=512, flops=0,
+                        make=make)
+    assert harness.provider_order(["compile", "eager", "fastgan"]) == ["eager", "fastgan", "compile"]
+    out = harness.run([case, _tiny_case()], ["compile", "eager", "fastgan"], torch.device("cpu"),
+                      log=lambda s: None)
+    harness.validate(out)
+    assert out["interrupted"] is True
+    first = [(r["case"], r["provider"]) for r in out["records"][:3]]
+    assert first == [("tiny.mixed", "eager"), ("tiny.mixed", "fastgan"), ("tiny.mixed", "compile")]
+    eager, fastgan, compiled = out["records"][:3]
+    assert eager["error"] is None and eager["median_ms"] > 0, "finished before the interrupt: kept"
+    assert fastgan["error"] == "fastgan needs CUDA here"
+    assert compiled["error"].startswith("skipped: interrupted") and compiled["median_ms"] is None
+    assert [r["error"].startswith("skipped: interrupted") for r in out["records"][3:]] == [True] * 3
+
+
+def test_budget_is_checked_between_providers(monkeypatch):
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+    clock = {"t": 0.0}
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock["t"])
+
+    def slow_timing(fn, device, quick=True, min_calls=10):
+        fn()
+        clock["t"] += 10.0  # each provider's timing takes 10 s of the run's budget
+        return 1.0, 1.0, 1.0
+
+    monkeypatch.setattr(harness, "time_fn", slow_timing)
+    out = harness.run([_tiny_case(), _tiny_case()], ["eager", "compile"], torch.device("cpu"),
+                      log=lambda s: None, budget_s=5.0)
+    harness.validate(out)
+    errors = [(r["provider"], r["error"]) for r in out["records"]]
+    assert errors[0] == ("eager", None)
+    assert errors[1][0] == "compile" and errors[1][1].startswith("skipped: the run's time budget was spent before "
+                                                                 "this provider")
+    assert all(e.startswith("skipped: the run's time budget (5 s) was spent before this case") for _, e in errors[2:])
+
+
 def test_validate_rejects_broken_documents(doc):
     bad = json.loads(json.dumps(doc))
     del bad["records"][0]["median_ms"]
