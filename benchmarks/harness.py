@@ -255,6 +255,18 @@ def _error_text(exc: BaseException) -> str:
     return msg.splitlines()[0][:500] if msg else type(exc).__name__
 
 
+def _reraise_interrupt(exc: BaseException) -> None:
+    """Raise KeyboardInterrupt if ``exc`` was caused by one: a Ctrl-C that lands inside
+    ``torch.cuda.graph`` comes out as capture_end's RuntimeError (or a CaptureError) with the
+    KeyboardInterrupt in its chain, and must still end the run."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted ({type(exc).__name__} followed)") from exc
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+
+
 def _reset_compiler() -> None:
     try:
         torch._dynamo.reset()
@@ -283,6 +295,7 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
     try:
         fns = case.make(device, dtype_of(case.dtype))
     except Exception as exc:  # the case cannot even build its inputs here
+        _reraise_interrupt(exc)
         records.extend(_empty_record(case, p, f"setup failed: {_error_text(exc)}") for p in providers)
         return records
     for provider in providers:
@@ -296,6 +309,7 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
             try:
                 built = fn.build()
             except Exception as exc:
+                _reraise_interrupt(exc)
                 built = f"setup failed: {_error_text(exc)}"
             if isinstance(built, tuple):
                 built, more = built
@@ -329,6 +343,7 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
             if case.images:
                 rec["images_per_s"] = case.images / (median * 1e-3)
         except Exception as exc:
+            _reraise_interrupt(exc)
             for k in ("median_ms", "p20_ms", "p80_ms", "gbps", "tflops", "roofline_frac", "peak_mem_bytes",
                       "energy_j", "images_per_s"):
                 rec[k] = None

@@ -211,6 +211,7 @@ class _RecordingCapture:
     an old CUDAGraph freed mid-capture would spoil the capture)."""
 
     seen: list = []
+    fail_on_exit = False
 
     def __init__(self, graph, pool=None, stream=None, capture_error_mode="global"):
         self.mode = capture_error_mode
@@ -218,8 +219,10 @@ class _RecordingCapture:
     def __enter__(self):
         _RecordingCapture.seen.append(("enter", gc.isenabled(), self.mode))
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         _RecordingCapture.seen.append(("exit", gc.isenabled(), self.mode))
+        if exc is not None and _RecordingCapture.fail_on_exit:  # as capture_end after a failed capture
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
         return False
 
 
@@ -266,6 +269,14 @@ def test_capture_holds_the_garbage_collector_and_explains_failures(monkeypatch):
         assert not gc.isenabled(), "a collector the caller disabled stays disabled"
     finally:
         gc.enable()
+
+    def ctrl_c(x):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_RecordingCapture, "fail_on_exit", True)
+    with pytest.raises(KeyboardInterrupt, match="interrupted during CUDA graph capture"):
+        make(ctrl_c)._capture()  # capture_end's error must not turn Ctrl-C into a CaptureError
+    assert gc.isenabled()
 
 
 # ----------------------------------------------------------------------------- CPU: fallback reasons, helpers

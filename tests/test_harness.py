@@ -101,6 +101,28 @@ def test_interrupt_keeps_the_finished_providers_of_the_case(monkeypatch):
     assert [r["error"].startswith("skipped: interrupted") for r in out["records"][3:]] == [True] * 3
 
 
+def test_an_interrupt_hidden_behind_another_error_still_ends_the_run(monkeypatch):
+    """Ctrl-C inside torch.cuda.graph surfaces as capture_end's RuntimeError with the
+    KeyboardInterrupt in its chain: the run must stop, not record an error and go on."""
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+
+    def hidden():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    def make(device, dtype):
+        return {"eager": hidden}
+
+    case = harness.Case(case="tiny.hidden", family="ops", shape=[1], dtype="float32", bytes=4, flops=0, make=make)
+    out = harness.run([case, _tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None)
+    harness.validate(out)
+    assert out["interrupted"] is True
+    assert [r["error"].startswith("skipped: interrupted") for r in out["records"]] == [True, True]
+
+
 def test_budget_is_checked_between_providers(monkeypatch):
     monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
         "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})

@@ -289,6 +289,8 @@ class CapturedStep:
                 out = _map_outputs(self.fn(*self.static_inputs), _detach)
         except Exception as exc:
             root = _root_cause(exc)
+            if isinstance(root, KeyboardInterrupt):  # Ctrl-C mid-capture, then capture_end failed
+                raise KeyboardInterrupt("interrupted during CUDA graph capture") from exc
             detail = f"{type(root).__name__}: {root}".strip()
             if root is not exc:
                 detail += f" (then {type(exc).__name__}: {exc})"
