@@ -159,6 +159,9 @@ def test_quick_cuda_case_list_covers_every_family_and_provider():
     steps = [c for c in cases if c.family == "steps"]
     kinds = {c.case.split(".", 2)[2].rsplit(".", 1)[0] for c in steps}
     assert kinds == {"ns.d", "wgan_gp.d", "r1.d", "ns.g", "wgan_gp.iter"}
+    # the headline (a full iteration with the penalty, 64x64, batch 64) runs first: a run cut
+    # short by its time budget keeps it
+    assert run.all_cases(quick=True, device_type="cuda")[0].case == "step.dcgan64.wgan_gp.iter.B64"
     assert all(c.images == c.shape[0] for c in steps)
     assert {c.dtype for c in steps} == {"bfloat16"} and any(c.shape == [64, 3, 64, 64] for c in steps)
     # every step case offers all four providers (the builders are not run here)
