@@ -342,6 +342,8 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
             rec["energy_j"] = energy_per_call_j(fn, device, median, seconds)
             if case.images:
                 rec["images_per_s"] = case.images / (median * 1e-3)
+                rec["energy_j_per_1k_images"] = (rec["energy_j"] / case.images * 1e3
+                                                 if rec["energy_j"] is not None else None)
         except Exception as exc:
             _reraise_interrupt(exc)
             for k in ("median_ms", "p20_ms", "p80_ms", "gbps", "tflops", "roofline_frac", "peak_mem_bytes",
@@ -520,7 +522,8 @@ def to_summary(doc: dict) -> str:
     """The compact speedup summary: one line per case and dtype.
 
     ``case dtype  eager <ms>  compile <x eager>  fastgan <x eager>/<x compile> roof <frac>
-    graphs <x eager>/<x compile>  <images/s of the fastest provider>``; a provider that did not
+    graphs <x eager>/<x compile>  <images/s and joules per 1000 images of the fastest provider>``
+    (joules on CUDA with NVML only); a provider that did not
     run shows ``-`` (its error is in the JSON and the full table).
     """
     ratios = speedups(doc)
@@ -552,6 +555,8 @@ def to_summary(doc: dict) -> str:
                 parts.append(f"roof {fastest['roofline_frac']:6.1%} ({fastest['provider']})")
             if fastest["images_per_s"]:
                 parts.append(f"{fastest['images_per_s']:.0f} img/s")
+            if fastest.get("energy_j_per_1k_images") is not None:
+                parts.append(f"{fastest['energy_j_per_1k_images']:.1f} J/1k img")
         lines.append("  ".join(parts))
     errors = sum(1 for r in doc["records"] if r["error"] and not r["error"].startswith("n/a: "))
     if errors:

@@ -123,6 +123,17 @@ def test_an_interrupt_hidden_behind_another_error_still_ends_the_run(monkeypatch
     assert [r["error"].startswith("skipped: interrupted") for r in out["records"]] == [True, True]
 
 
+def test_step_records_carry_energy_per_1k_images(monkeypatch):
+    """images_per_s and J per 1000 images (the issue-6 metrics) from one measured energy per call."""
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+    monkeypatch.setattr(harness, "energy_per_call_j", lambda fn, device, median_ms, seconds=0.3: 0.5)
+    out = harness.run([_tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None)
+    rec = out["records"][0]
+    assert rec["energy_j"] == 0.5 and rec["energy_j_per_1k_images"] == pytest.approx(0.5 / 64 * 1000)
+    assert "7.8 J/1k img" in harness.to_summary(out)
+
+
 def test_budget_is_checked_between_providers(monkeypatch):
     monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
         "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
