@@ -14,8 +14,9 @@ case at all (left out of the Markdown table, kept in the JSON).
 
 Timing: on CUDA ``triton.testing.do_bench`` (median and 20/80 percentiles over event-timed
 runs; it flushes the L2 cache before every run, so inputs are never cache-resident); on the
-CPU a wall-clock loop. Energy: the NVML total-energy counter around a separate loop of at
-least 0.3 s (0.15 s for op cases in --quick), divided by the number of calls.
+CPU a wall-clock loop. Energy: the mean power from the NVML total-energy counter while the
+case runs back to back for at least 0.3 s (0.15 s for op cases in --quick), windowed on the
+counter's own updates, times the median time per call.
 
 torch.compile: ``compile_fn`` is the one place cases call it (so ``--compile-backend`` reaches
 every case), and the dynamo caches are reset before each case that times ``compile``: every
@@ -125,8 +126,51 @@ def time_fn(fn: Callable, device: torch.device, quick: bool = True, min_calls: i
     return statistics.median(times), pick(0.2), pick(0.8)
 
 
+def busy_power_w(fn: Callable, read_mj: Callable[[], int | None], seconds: float, calls_per_poll: int = 1,
+                 clock: Callable[[], float] = time.perf_counter, max_wait_s: float = 1.0) -> float | None:
+    """Mean power (W) while ``fn`` runs back to back, from an energy counter (``read_mj``, mJ)
+    that updates in steps: the window opens at one observed counter update and closes at the
+    first update after ``seconds``, so the energy difference is exact for the window and not
+    quantised by the counter's update interval. The counter is read every ``calls_per_poll``
+    calls (a poll costs host time; the GPU queue stays full). None when the counter does not
+    move within ``max_wait_s`` (no working counter)."""
+
+    def run_until_update(after: float) -> tuple[int, float] | None:
+        last = read_mj()
+        if last is None:
+            return None
+        give_up = after + max_wait_s
+        while True:
+            for _ in range(calls_per_poll):
+                fn()
+            now, value = clock(), read_mj()
+            if value is None:
+                return None
+            if value != last and now >= after:
+                return value, now
+            if value != last:
+                last = value
+            if now > give_up:
+                return None
+
+    opened = run_until_update(clock())
+    if opened is None:
+        return None
+    e0, t0 = opened
+    closed = run_until_update(t0 + seconds)
+    if closed is None:
+        return None
+    e1, t1 = closed
+    if t1 <= t0 or e1 < e0:
+        return None
+    return (e1 - e0) / 1e3 / (t1 - t0)
+
+
 def energy_per_call_j(fn: Callable, device: torch.device, median_ms: float, seconds: float = 0.3) -> float | None:
-    """Joules per call from the NVML total-energy counter over a loop of >= ``seconds``."""
+    """Joules per call: the mean power while ``fn`` runs back to back for at least ``seconds``
+    (NVML total-energy counter, windowed on its updates: :func:`busy_power_w`) times the median
+    time of one call. Board power, as NVML reports it (on recent GPUs sampled, not integrated,
+    by the driver: an estimate)."""
     if device.type != "cuda":
         return None
     from fastgan import nvml
@@ -134,14 +178,10 @@ def energy_per_call_j(fn: Callable, device: torch.device, median_ms: float, seco
     index = nvml.device_index(device)
     if nvml.total_energy_mj(index) is None:
         return None
-    calls = max(10, math.ceil(seconds * 1e3 / max(median_ms, 1e-3)))
+    per_poll = max(1, math.ceil(1.0 / max(median_ms, 1e-3)))  # about 1 ms of work between counter reads
+    watts = busy_power_w(fn, lambda: nvml.total_energy_mj(index), seconds, per_poll)
     _sync(device)
-    e0 = nvml.total_energy_mj(index)
-    for _ in range(calls):
-        fn()
-    _sync(device)
-    e1 = nvml.total_energy_mj(index)
-    return (e1 - e0) / 1e3 / calls
+    return None if watts is None else watts * median_ms / 1e3
 
 
 def peak_memory_bytes(fn: Callable, device: torch.device) -> int | None:

@@ -1,6 +1,7 @@
 """The benchmark harness on the CPU: one tiny case end to end, the JSON schema, the table,
 and the command-line entry points (fastgan bench, python -m benchmarks, fastgan info)."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -132,6 +133,36 @@ def test_step_records_carry_energy_per_1k_images(monkeypatch):
     rec = out["records"][0]
     assert rec["energy_j"] == 0.5 and rec["energy_j_per_1k_images"] == pytest.approx(0.5 / 64 * 1000)
     assert "7.8 J/1k img" in harness.to_summary(out)
+
+
+class _SteppedCounter:
+    """A fake energy counter: a constant power, the counter updated every ``period`` seconds of
+    a fake clock that each call of the workload advances by ``call_s``."""
+
+    def __init__(self, watts, period, call_s, start):
+        self.watts, self.period, self.call_s, self.t = watts, period, call_s, start
+
+    def call(self):
+        self.t += self.call_s
+
+    def read_mj(self):
+        last_update = math.floor(self.t / self.period) * self.period
+        return int(round(self.watts * last_update * 1e3))
+
+    def clock(self):
+        return self.t
+
+
+@pytest.mark.parametrize("start", [0.001, 0.099, 0.55])
+def test_busy_power_is_windowed_on_counter_updates(start):
+    """A counter updated every 100 ms read around a 0.25 s loop is off by up to 40%; windowed on
+    its updates the mean power is right to within the polling lag."""
+    c = _SteppedCounter(watts=350.0, period=0.1, call_s=0.007, start=start)
+    watts = harness.busy_power_w(c.call, c.read_mj, seconds=0.25, clock=c.clock)
+    assert watts == pytest.approx(350.0, rel=0.03)
+    frozen = _SteppedCounter(watts=0.0, period=0.1, call_s=0.007, start=start)
+    assert harness.busy_power_w(frozen.call, frozen.read_mj, seconds=0.3, clock=frozen.clock) is None
+    assert harness.busy_power_w(c.call, lambda: None, seconds=0.3, clock=c.clock) is None
 
 
 def test_budget_is_checked_between_providers(monkeypatch):
