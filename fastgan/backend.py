@@ -103,6 +103,30 @@ def triton_available() -> bool:
         return False
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split("+")[0].split(".") + ["0", "0"])[:2]
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)
+
+
+def interpreter_problem() -> str | None:
+    """Why the Triton interpreter cannot run fastgan's kernels in this environment, or None.
+
+    Triton <= 3.6's interpreter turns loop bounds into Python ints with ``int()`` of a
+    one-element array, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
+    converted to Python scalars"); Triton 3.7 fixed it. The conv, loss and penalty kernels
+    loop over runtime sizes, so they would fail deep inside the interpreter."""
+    if not triton_available():
+        return None
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+        return (f"the Triton interpreter of triton {triton.__version__} cannot run with numpy {numpy.__version__} "
+                "(triton <= 3.6 converts loop bounds with int() of a one-element array, which numpy >= 2.4 "
+                "refuses); install 'numpy<2.4' or 'triton>=3.7' to use backend 'interpret'")
+    return None
+
+
 def triton_error() -> str | None:
     triton_available()
     return _triton_error
@@ -152,6 +176,9 @@ def backend_for_device(device) -> str:
             raise BackendError(f"backend 'interpret' was forced but Triton cannot be imported ({_triton_error})")
         if not triton_interprets():
             raise BackendError(_INTERPRET_TOO_LATE)
+        problem = interpreter_problem()
+        if problem:
+            raise BackendError(f"backend 'interpret': {problem}")
         return "interpret"
     if forced == "triton":
         if device != "cuda":

@@ -109,3 +109,23 @@ def test_kernels_are_interpreted_in_this_suite():
         pytest.skip("suite not running under the interpreter")
     assert backend.triton_interprets()
     assert backend.kernels().is_interpreted()
+
+
+def test_interpreter_incompatibility_is_named(monkeypatch):
+    """Triton <= 3.6's interpreter cannot run the kernels with numpy >= 2.4 (int() of a
+    one-element array): a forced 'interpret' says so instead of failing inside a kernel."""
+    import numpy
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    problem = backend.interpreter_problem()
+    assert problem and "triton 3.6.0" in problem and "numpy 2.4.6" in problem and "numpy<2.4" in problem
+    if backend.triton_interprets():
+        with fastgan.use_backend("interpret"):
+            with pytest.raises(backend.BackendError, match="cannot run with numpy 2.4.6"):
+                fastgan.backend_for(torch.ones(1))
+    for tv, nv in (("3.7.0", "2.4.6"), ("3.6.0", "2.3.5"), ("3.9.0+git1234", "2.5.2"), ("3.5.1", "1.26.4")):
+        monkeypatch.setattr(triton, "__version__", tv)
+        monkeypatch.setattr(numpy, "__version__", nv)
+        assert backend.interpreter_problem() is None, (tv, nv)
