@@ -266,7 +266,13 @@ def test_fastgan_info_runs_and_checks_the_interpreter():
     assert r.returncode == 0, r.stderr
     for key in ("fastgan", "torch", "triton", "NVML", "backend for cpu tensors", "triton interpreter works"):
         assert key in r.stdout
-    assert re.search(r"triton interpreter works\s+yes", r.stdout), r.stdout
+    from fastgan import backend
+
+    problem = backend.interpreter_problem()  # e.g. the GPU machine: triton 3.6 with numpy 2.5
+    if problem is None:
+        assert re.search(r"triton interpreter works\s+yes", r.stdout), r.stdout
+    else:
+        assert re.search(r"triton interpreter works\s+no \(.*cannot run with numpy", r.stdout), r.stdout
 
 
 def test_markdown_leaves_out_providers_that_do_not_apply(doc):
