@@ -33,6 +33,13 @@ def doc():
                        quick=True, log=lambda s: None)
 
 
+@pytest.fixture
+def fixed_ceilings(monkeypatch):
+    """Skip the ceiling measurement (runs that test the harness's control flow, not numbers)."""
+    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
+        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+
+
 def test_document_follows_the_schema(doc):
     harness.validate(doc)
     assert doc["schema"] == harness.SCHEMA and doc["gpu"] is None
@@ -53,11 +60,9 @@ def test_document_follows_the_schema(doc):
     assert by_provider["fastgan"]["error"] == "fastgan needs CUDA here"
 
 
-def test_interrupt_finishes_the_document(monkeypatch):
+def test_interrupt_finishes_the_document(fixed_ceilings):
     """Ctrl-C (gpu_check.sh's ``timeout -s INT``) mid-run: the case in progress and the rest are
     recorded as skipped, and the document written so far stays valid."""
-    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
-        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
 
     def interrupted(device, dtype):
         raise KeyboardInterrupt
@@ -73,10 +78,8 @@ def test_interrupt_finishes_the_document(monkeypatch):
     assert errors[0] is None and all(e.startswith("skipped: interrupted") for e in errors[1:]) and len(errors) == 3
 
 
-def test_interrupt_keeps_the_finished_providers_of_the_case(monkeypatch):
+def test_interrupt_keeps_the_finished_providers_of_the_case(fixed_ceilings):
     """compile runs last within a case; an interrupt during it keeps the other providers' records."""
-    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
-        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
 
     def make(device, dtype):
         x = torch.randn(64, device=device, dtype=dtype)
@@ -102,11 +105,9 @@ def test_interrupt_keeps_the_finished_providers_of_the_case(monkeypatch):
     assert [r["error"].startswith("skipped: interrupted") for r in out["records"][3:]] == [True] * 3
 
 
-def test_an_interrupt_hidden_behind_another_error_still_ends_the_run(monkeypatch):
+def test_an_interrupt_hidden_behind_another_error_still_ends_the_run(fixed_ceilings):
     """Ctrl-C inside torch.cuda.graph surfaces as capture_end's RuntimeError with the
     KeyboardInterrupt in its chain: the run must stop, not record an error and go on."""
-    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
-        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
 
     def hidden():
         try:
@@ -124,10 +125,8 @@ def test_an_interrupt_hidden_behind_another_error_still_ends_the_run(monkeypatch
     assert [r["error"].startswith("skipped: interrupted") for r in out["records"]] == [True, True]
 
 
-def test_step_records_carry_energy_per_1k_images(monkeypatch):
+def test_step_records_carry_energy_per_1k_images(monkeypatch, fixed_ceilings):
     """images_per_s and J per 1000 images (the issue-6 metrics) from one measured energy per call."""
-    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
-        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
     monkeypatch.setattr(harness, "energy_per_call_j", lambda fn, device, median_ms, seconds=0.3: 0.5)
     out = harness.run([_tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None)
     rec = out["records"][0]
@@ -165,9 +164,7 @@ def test_busy_power_is_windowed_on_counter_updates(start):
     assert harness.busy_power_w(c.call, lambda: None, seconds=0.3, clock=c.clock) is None
 
 
-def test_budget_is_checked_between_providers(monkeypatch):
-    monkeypatch.setattr(harness, "measure_ceilings", lambda device, quick=True: {
-        "copy_gbps": 1.0, "bf16_tflops": 1.0, "fp32_tflops": 1.0})
+def test_budget_is_checked_between_providers(monkeypatch, fixed_ceilings):
     clock = {"t": 0.0}
     monkeypatch.setattr(harness.time, "perf_counter", lambda: clock["t"])
 
