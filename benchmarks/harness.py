@@ -146,9 +146,9 @@ def busy_power_w(fn: Callable, read_mj: Callable[[], int | None], seconds: float
             now, value = clock(), read_mj()
             if value is None:
                 return None
-            if value != last and now >= after:
-                return value, now
-            if value != last:
+            if value != last:  # an update: the one we wait for once past ``after``
+                if now >= after:
+                    return value, now
                 last = value
             if now > give_up:
                 return None
