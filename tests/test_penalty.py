@@ -45,8 +45,8 @@ class TorchD(nn.Module):
         return self.net(x)
 
 
-class BiasActD(nn.Module):
-    """F.conv2d without bias + fastgan bias_act (lrelu, then tanh: a 2nd-order term), linear."""
+class _TwoConvParams(nn.Module):
+    """The parameters of a small D: two 3x3 stride-2 convs (C -> 4 -> 5 channels) and a linear layer."""
 
     def __init__(self):
         super().__init__()
@@ -55,6 +55,10 @@ class BiasActD(nn.Module):
         self.w2 = nn.Parameter(torch.randn(5, 4, 3, 3) / 6)
         self.b2 = nn.Parameter(torch.randn(5) * 0.1)
         self.fc = nn.Linear(5 * 2 * 2, 1)
+
+
+class BiasActD(_TwoConvParams):
+    """F.conv2d without bias + fastgan bias_act (lrelu, then tanh: a 2nd-order term), linear."""
 
     def forward(self, x):
         h = bias_act(F.conv2d(x, self.w1, stride=2, padding=1), self.b1, act="lrelu")
@@ -71,19 +75,14 @@ def _conv2dact_d():
                          nn.Flatten(), nn.Linear(5 * 2 * 2, 1))
 
 
-class FunctionalConvD(nn.Module):
+class FunctionalConvD(_TwoConvParams):
     """fastgan.functional.conv2d_act (fused conv + bias + lrelu / tanh; it skips its weight
     gradients inside no_weight_gradients()), then a linear layer."""
 
     def __init__(self):
-        super().__init__()
         if not hasattr(fastgan.functional, "conv2d_act"):
             pytest.skip("fastgan.functional.conv2d_act is not available yet")
-        self.w1 = nn.Parameter(torch.randn(4, C, 3, 3) / 3)
-        self.b1 = nn.Parameter(torch.randn(4) * 0.1)
-        self.w2 = nn.Parameter(torch.randn(5, 4, 3, 3) / 6)
-        self.b2 = nn.Parameter(torch.randn(5) * 0.1)
-        self.fc = nn.Linear(5 * 2 * 2, 1)
+        super().__init__()
 
     def forward(self, x):
         conv2d_act = fastgan.functional.conv2d_act
