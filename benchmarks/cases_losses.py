@@ -1,8 +1,7 @@
 """Benchmark cases for the fused GAN losses and gradient penalties (issue #4).
 
-``loss_cases(quick)`` returns plain dicts whose keys are the fields of the harness's
-``Case`` (case, family, shape, dtype, bytes, flops, make, images), so ``Case(**d)`` builds
-one; the file imports nothing from the harness and nothing from fastgan at import time.
+``loss_cases(quick, device_type)`` returns the harness's ``Case`` objects; nothing from fastgan
+is imported at import time.
 
 Providers per case (``make(device, dtype) -> {provider: zero-arg callable or error text}``):
 
@@ -24,6 +23,8 @@ Cases:
 from __future__ import annotations
 
 import torch
+
+from .harness import Case
 
 LOSS_KINDS_QUICK = ("ns", "hinge")
 LOSS_KINDS_FULL = ("ns", "minimax", "hinge", "wgan", "lsgan")
@@ -134,8 +135,8 @@ def _make_grad_penalty(kind: str, shape: list):
 
 # ----------------------------------------------------------------------------- the case list
 
-def loss_cases(quick: bool = True, device_type: str = "cuda") -> list[dict]:
-    """The loss / penalty benchmark cases (dicts with the harness's Case fields).
+def loss_cases(quick: bool = True, device_type: str = "cuda") -> list[Case]:
+    """The loss / penalty benchmark cases.
 
     --quick on CUDA: d_loss.ns at both sizes, g_loss.ns at 2^20, the two penalties at 64x3x64x64;
     --full: every kind at both sizes, the penalties also at 32x3x256x256. CPU: small sizes
@@ -151,12 +152,12 @@ def loss_cases(quick: bool = True, device_type: str = "cuda") -> list[dict]:
         for kind in kinds:
             if quick and on_gpu and kind != "ns":
                 continue
-            cases.append(dict(case=f"d_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
-                              bytes=4 * n * esize, flops=2 * 10 * n, make=_make_loss("d", kind, n), images=None))
+            cases.append(Case(case=f"d_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
+                              bytes=4 * n * esize, flops=2 * 10 * n, make=_make_loss("d", kind, n)))
             if quick and on_gpu and (kind != "ns" or n != sizes[-1]):
                 continue
-            cases.append(dict(case=f"g_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
-                              bytes=2 * n * esize, flops=10 * n, make=_make_loss("g", kind, n), images=None))
+            cases.append(Case(case=f"g_loss.{kind}.fwdbwd.N{n}", family="ops", shape=[n, 1], dtype="float32",
+                              bytes=2 * n * esize, flops=10 * n, make=_make_loss("g", kind, n)))
     if not on_gpu:
         shapes = [[4, 3, 32, 32]]
     else:
@@ -166,7 +167,7 @@ def loss_cases(quick: bool = True, device_type: str = "cuda") -> list[dict]:
         for s in shape:
             numel *= s
         for kind in ("wgan-gp", "r1"):
-            cases.append(dict(case=f"grad_penalty.{kind}.fwdbwd.{'x'.join(map(str, shape))}", family="ops",
+            cases.append(Case(case=f"grad_penalty.{kind}.fwdbwd.{'x'.join(map(str, shape))}", family="ops",
                               shape=shape, dtype="float32", bytes=3 * numel * esize, flops=4 * numel,
-                              make=_make_grad_penalty(kind, shape), images=None))
+                              make=_make_grad_penalty(kind, shape)))
     return cases

@@ -4,9 +4,9 @@ R1, G step and one full iteration, at 32x32 and 64x64, batch 64 and 256, float32
 Every provider runs the same ``fastgan.train.Trainer`` code, so the work per call is
 identical and only what executes it differs:
 
-- ``eager``: ``Trainer(fused=False)`` (plain ``torch.nn`` modules, ``build_dcgan(fused=False)``)
-  inside ``fastgan.use_backend("eager")``, so the losses and the penalty are their plain-torch
-  reference lines (``F.softplus(-r).mean() + ...``, ``autograd.grad(create_graph=True)`` and
+- ``eager``: ``Trainer(fused=False)``, the plain baseline: plain ``torch.nn`` modules
+  (``build_dcgan(fused=False)``) and the plain-torch reference lines of the losses and the
+  penalty (``F.softplus(-r).mean() + ...``, ``autograd.grad(create_graph=True)`` and
   ``vector_norm``), with nothing of fastgan's kernels.
 - ``compile``: the eager trainer with ``torch.compile(G)`` and ``torch.compile(D)``. torch.compile's
   default cannot take the second backward of a gradient penalty ("torch.compile with
@@ -126,8 +126,7 @@ def _trainer(device, amp: bool, res: int, width: int, batch: int, loss: str, pen
 
     cfg = TrainConfig(resolution=res, z_dim=Z_DIM, g_width=width, d_width=width, fused=fused, loss=loss,
                       penalty=penalty, reg_interval=1, n_critic=1, batch_size=batch, n_embedded=batch,
-                      betas=(0.0, 0.9) if penalty == "wgan-gp" else (0.5, 0.999), device=str(device), amp=amp,
-                      progress=False, **more)
+                      device=str(device), amp=amp, progress=False, **more)
     return Trainer(cfg, log=lambda *a, **k: None)
 
 
@@ -146,15 +145,6 @@ def _step_fn(tr, what: str, real: torch.Tensor, d_step=None):
         tr.g_step(n)
         tr.step += 1
     return iteration
-
-
-def _eager_backend(fn):
-    import fastgan
-
-    def run():
-        with fastgan.use_backend("eager"):
-            return fn()
-    return run
 
 
 def _warm(fn, calls: int = WARMUP_CALLS):
@@ -273,7 +263,7 @@ def _probe_default(device, amp, res, width, batch, loss, penalty, what, real) ->
                  f"probed with backend aot_eager")
         try:
             tr = _compile_trainer(device, amp, res, width, batch, loss, penalty, backend="aot_eager")
-            _eager_backend(_step_fn(tr, what, real))()
+            _step_fn(tr, what, real)()
             _DEFAULT_PROBE[key] = (None, where)
         except Exception as exc:
             _DEFAULT_PROBE[key] = (_error_text(exc), where)
@@ -299,13 +289,13 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
 
         def eager():
             tr = _trainer(*args, fused=False)
-            return _warm(_eager_backend(_step_fn(tr, what, real)))
+            return _warm(_step_fn(tr, what, real))
 
         def compiled():
             backend = COMPILE["backend"]
             if penalty == "none":
                 tr = _compile_trainer(*args)
-                return _warm(_eager_backend(_step_fn(tr, what, real))), {
+                return _warm(_step_fn(tr, what, real)), {
                     "config": f"default: torch.compile(G), torch.compile(D), mode default (no CUDA graphs), "
                               f"backend {backend}"}
             default_error, probed_on = _probe_default(*args, what, real)
@@ -313,7 +303,7 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
             if default_error is None:
                 tr = _compile_trainer(*args)
                 extra["config"] = f"default: torch.compile(G), torch.compile(D), backend {backend}"
-                return _warm(_eager_backend(_step_fn(tr, what, real))), extra
+                return _warm(_step_fn(tr, what, real)), extra
             order = ["func", "split"] if COMPILE_PENALTY["first"] == "func" else ["split", "func"]
             failures = []
             for name in order:
@@ -329,7 +319,7 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
                         fn = _step_fn(tr, what, real)
                         extra["config"] = (f"split: torch.compile(G), torch.compile(D) for the loss passes, "
                                            f"plain D for the penalty pass; backend {backend}")
-                    return _warm(_eager_backend(fn)), extra
+                    return _warm(fn), extra
                 except Exception as exc:
                     failures.append(f"{name}: {_error_text(exc)}")
             raise RuntimeError(f"unsupported: default: {default_error}; " + "; ".join(failures))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import inspect
 import sys
 
 import torch
@@ -21,36 +20,16 @@ FAMILIES = ("steps", "layers", "ops")  # run order: the headline cases first, so
 # short by --time-budget loses op cases (cheap to rerun alone) before step cases
 
 
-def _call_factory(fn, quick: bool, device_type: str):
-    """Call a case factory; pass device_type when it takes one."""
-    params = inspect.signature(fn).parameters
-    if "device_type" in params:
-        return fn(quick, device_type=device_type)
-    return fn(quick)
-
-
 def all_cases(quick: bool, device_type: str) -> list:
-    """Every case the suite knows, in run order (families in FAMILIES order).
-
-    Factories that take ``device_type`` shrink their cases on the CPU (a smoke run of the
-    machinery); ``cases_conv.conv_cases(quick)`` has no CPU size (its DCGAN layers at batch
-    128 take seconds per call on a CPU), so the CPU run leaves the ``layers`` family out."""
+    """Every case the suite knows, in run order (families in FAMILIES order). On the CPU every
+    factory shrinks its cases to tiny sizes (a smoke run of the machinery)."""
     from .cases_bias_act import bias_act_cases
+    from .cases_conv import conv_cases
+    from .cases_losses import loss_cases
+    from .cases_steps import step_cases
 
-    cases = list(bias_act_cases(quick, device_type))
-    for module, fn, cpu_ok in (("cases_conv_ops", "conv_op_cases", True), ("cases_conv", "conv_cases", False),
-                               ("cases_losses", "loss_cases", True), ("cases_steps", "step_cases", True)):
-        try:
-            mod = __import__(f"{__package__}.{module}", fromlist=[fn])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(module):
-                continue  # that family is not written yet
-            raise
-        factory = getattr(mod, fn)
-        if device_type != "cuda" and not (cpu_ok or "device_type" in inspect.signature(factory).parameters):
-            continue
-        for c in _call_factory(factory, quick, device_type):
-            cases.append(c if isinstance(c, harness.Case) else harness.Case(**c))
+    cases = [c for factory in (bias_act_cases, conv_cases, loss_cases, step_cases)
+             for c in factory(quick, device_type)]
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(cases, key=lambda c: order.get(c.family, len(order)))  # stable within a family
 
@@ -91,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.05,
                    help="with --compare: flag B/A above 1 + THRESHOLD as a regression (default 0.05)")
     p.add_argument("--summary", metavar="PATH", help="print the compact speedup summary of a result file and exit")
+    p.add_argument("--host-overhead", action="store_true",
+                   help="measure the host time per call of a fused op as autograd.Function and as torch.library "
+                        "custom op (CPU; with --json: write it) and exit")
 
 
 def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES)):
@@ -102,6 +84,10 @@ def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES
 
 
 def main_with_args(args) -> int:
+    if args.host_overhead:
+        from .host_overhead import main as host_overhead
+
+        return host_overhead(args.json)
     if args.compare:
         from .compare import compare_files
 

@@ -69,7 +69,7 @@ Caveat: a convolution that is also called directly from elsewhere (for example
 would see the fused activation there too; accelerate cannot see such calls.
 
 torch.compile: the fused forwards call fastgan.functional ops, which become single
-registered ops (``fastgan.library``) while compiling, so
+registered ops (``torch.ops.fastgan.*``, see ``fastgan.functional.fused_op``) while compiling, so
 ``torch.compile(accelerate(model), fullgraph=True)`` has no graph break from fastgan.
 """
 from __future__ import annotations
@@ -86,9 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .functional import conv2d_act, conv_transpose2d_act
-from .functional.batch_norm_act import batch_norm_act
-from .nn.batch_norm import batch_norm_arguments
+from .nn import BatchNormAct2d, Conv2dAct, ConvTranspose2dAct
 
 __all__ = ["accelerate", "AccelerateReport", "Replacement", "Skipped", "is_fused"]
 
@@ -269,42 +267,6 @@ def _act_of_node(node: torch.fx.Node, root: nn.Module):
 
 # ============================================================================= fused classes
 
-def _autocast(x, w, b):
-    """Cast like F.conv2d under autocast (floating, non-float64 tensors to the autocast dtype)."""
-    dev = x.device.type
-    if not torch.is_autocast_enabled(dev):
-        return x, w, b
-    dtype = torch.get_autocast_dtype(dev)
-
-    def cast(t):
-        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
-    return cast(x), cast(w), cast(b)
-
-
-def _fusion_kwargs(f: _Fusion) -> dict:
-    return {"act": f.act, "alpha": f.alpha if f.act == "lrelu" else None, "gain": f.gain}
-
-
-def _conv2d_forward(self, input):
-    x, w, b = _autocast(input, self.weight, self.bias)
-    return conv2d_act(x, w, b, self.stride, self.padding, self.dilation, self.groups,
-                      **_fusion_kwargs(self._fastgan_fusion))
-
-
-def _conv_transpose2d_forward(self, input, output_size=None):
-    output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 2,
-                                          self.dilation)
-    x, w, b = _autocast(input, self.weight, self.bias)
-    return conv_transpose2d_act(x, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation,
-                                **_fusion_kwargs(self._fastgan_fusion))
-
-
-def _batch_norm2d_forward(self, input):
-    """nn.BatchNorm2d.forward's bookkeeping, then the fused batch norm + activation."""
-    self._check_input_dim(input)
-    return batch_norm_act(input, *batch_norm_arguments(self), **_fusion_kwargs(self._fastgan_fusion))
-
-
 def _fused_extra_repr(self):
     return type(self)._fastgan_base.extra_repr(self) + f", fastgan({self._fastgan_fusion})"
 
@@ -318,8 +280,10 @@ def _fused_reduce_ex(self, protocol):
     return _rebuild_fused, (type(self)._fastgan_base,), self.__getstate__()
 
 
-_FORWARDS = {nn.Conv2d: _conv2d_forward, nn.ConvTranspose2d: _conv_transpose2d_forward,
-             nn.BatchNorm2d: _batch_norm2d_forward}
+# the fused forwards are fastgan.nn's own, bound onto torch's classes
+_FORWARDS = {nn.Conv2d: Conv2dAct.forward, nn.ConvTranspose2d: ConvTranspose2dAct.forward,
+             nn.BatchNorm2d: BatchNormAct2d.forward}
+_EPILOGUE = ("act", "alpha", "gain", "clamp")
 _FUSED_CLASSES: dict[type, type] = {}
 
 
@@ -358,6 +322,7 @@ def _swap_to_fused(m: nn.Module, fusion: _Fusion) -> None:
     else:
         new_cls = _fused_class(cls)
     m._fastgan_fusion = fusion
+    m.act, m.alpha, m.gain, m.clamp = fusion.act, (fusion.alpha if fusion.act == "lrelu" else None), fusion.gain, None
     m.__class__ = new_cls
 
 
@@ -374,6 +339,11 @@ def _hooks_reason(m: nn.Module, role: str) -> str | None:
     if m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
         return f"the {role} has backward hooks"
     return None
+
+
+def _attributes_reason(m: nn.Module) -> str | None:
+    taken = [a for a in _EPILOGUE if hasattr(m, a)]  # the fused forward keeps its epilogue there
+    return f"the module already has attribute(s) {taken}" if taken else None
 
 
 def _plain_class(m: nn.Module) -> type:
@@ -413,7 +383,7 @@ def _conv_reason(m: nn.Module, refs: Counter) -> str | None:
     # parametrization, e.g. one power iteration of spectral norm, and change its state)
     if refs[id(m)] > 1:
         return "the module is referenced from more than one place"
-    return _hooks_reason(m, "convolution")
+    return _hooks_reason(m, "convolution") or _attributes_reason(m)
 
 
 def _bn_reason(m: nn.Module, refs: Counter) -> str | None:
@@ -426,7 +396,7 @@ def _bn_reason(m: nn.Module, refs: Counter) -> str | None:
         return f"{cls.__name__} overrides forward"
     if refs[id(m)] > 1:
         return "the module is referenced from more than one place"
-    return _hooks_reason(m, "batch norm")
+    return _hooks_reason(m, "batch norm") or _attributes_reason(m)
 
 
 def _is_bn(m: nn.Module) -> bool:

@@ -85,26 +85,22 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+# flags that set several TrainConfig fields
+_SHARED_FLAGS = {"lr": ("lr_g", "lr_d"), "width": ("g_width", "d_width")}
+
+
 def _train_config(args):
+    """TrainConfig from the flags given on the command line; every other field keeps TrainConfig's
+    default (argparse holds no defaults of its own: ``default=argparse.SUPPRESS``)."""
     from fastgan.train import TrainConfig
 
-    import torch
-
-    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    width = args.width if args.width is not None else (64 if on_gpu else 32)
-    steps = args.steps if args.steps is not None else (10000 if on_gpu else 1500)
-    fields = dict(data=args.data, resolution=args.resolution, z_dim=args.z_dim, g_width=width,
-                  d_width=width, fused=not args.plain_torch, loss=args.loss, penalty=args.penalty,
-                  gamma=args.gamma, reg_interval=args.reg_interval, n_critic=args.n_critic,
-                  batch_size=args.batch_size, steps=steps, lr_g=args.lr, lr_d=args.lr, seed=args.seed,
-                  device=args.device, out=args.out, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-                  log_every=args.log_every, progress=not args.no_progress, tensorboard=args.tensorboard,
-                  workers=args.workers, amp=None if args.amp == "auto" else args.amp == "on", cuda_graphs=args.cuda_graphs)
-    if args.betas is not None:
-        fields["betas"] = tuple(args.betas)
-    elif args.penalty == "wgan-gp" or args.loss == "wgan":
-        fields["betas"] = (0.0, 0.9)  # the WGAN-GP paper's Adam settings
-    return TrainConfig(**fields)
+    fields = set(TrainConfig.defaults())
+    given = {}
+    for name, value in vars(args).items():
+        for field in _SHARED_FLAGS.get(name, (name,)):
+            if field in fields:
+                given[field] = value
+    return TrainConfig(**given)
 
 
 def cmd_train(args) -> int:
@@ -168,6 +164,61 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _auto_on_off(value: str):
+    """--amp: auto -> None (on for CUDA), on -> True, off -> False."""
+    choices = {"auto": None, "on": True, "off": False}
+    if value not in choices:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {value!r}")
+    return choices[value]
+
+
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
+    from fastgan.train import TrainConfig
+    from fastgan.train.config import DEVICE_DEFAULTS, LOSSES, PENALTIES
+
+    d = TrainConfig.defaults()
+    cpu, cuda = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+
+    def add(*flags, help, **kw):
+        train.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kw)
+
+    add("--data", help="folder of PNG/JPEG images or an .npz array (default: the embedded shapes)")
+    add("--resolution", type=int, choices=[32, 64], help=f"image size (default: {d['resolution']})")
+    add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
+                                  f"{cpu['steps']} on the CPU)")
+    add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")
+    add("--loss", choices=list(LOSSES), help=f"GAN loss (default: {d['loss']})")
+    add("--penalty", choices=list(PENALTIES), help=f"gradient penalty on D (default: {d['penalty']})")
+    add("--gamma", type=float, help="penalty weight (default: r1 1.0, wgan-gp 10)")
+    add("--reg-interval", type=int, help=f"lazy R1: penalise every k-th D step with gamma*k (default: "
+                                         f"{d['reg_interval']})")
+    add("--n-critic", type=int, help=f"D steps per G step (default: {d['n_critic']})")
+    add("--lr", type=float, help=f"Adam learning rate of G and D (default: {d['lr_g']})")
+    add("--betas", type=float, nargs=2, help="Adam betas (default: 0.5 0.999; 0.0 0.9 with wgan / wgan-gp)")
+    add("--width", type=int, help=f"base channel width of G and D (default: {cuda['g_width']} on CUDA, "
+                                  f"{cpu['g_width']} on the CPU)")
+    add("--z-dim", type=int, help=f"latent size (default: {d['z_dim']})")
+    add("--plain-torch", dest="fused", action="store_false",
+        help="plain torch everywhere: torch modules, losses and penalties (the eager baseline)")
+    add("--device", help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")
+    add("--amp", type=_auto_on_off, metavar="{auto,on,off}",
+        help="bf16 autocast (default: auto, i.e. on for CUDA)")
+    add("--cuda-graphs", action="store_true",
+        help="capture the D and G steps (gradient penalty included) in CUDA graphs; CUDA, one process")
+    add("--seed", type=int, help=f"random seed; runs are deterministic on the CPU (default: {d['seed']})")
+    add("--out", help=f"output folder: checkpoint, samples, log.jsonl (default: {d['out']})")
+    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                       help="resume from CHECKPOINT (without a value: OUT/checkpoint.pt)")
+    add("--sample-every", type=int, help=f"write a sample grid every N steps (default: {d['sample_every']})")
+    add("--ckpt-every", type=int, help=f"write the checkpoint every N steps (default: {d['ckpt_every']})")
+    add("--log-every", type=int, help=f"log losses every N steps (default: {d['log_every']})")
+    add("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for "
+                                    "image folders)")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastgan", description="fastgan: fast GAN training on NVIDIA GPUs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -177,40 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a DCGAN (default: on the embedded shapes dataset)",
         description="Train a DCGAN with fastgan's fused ops. Defaults: the embedded shapes dataset at 32x32, "
                     "the non-saturating loss with lazy R1, batch 64; 1500 steps of a width-32 model on the CPU "
-                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--data", default=None, help="folder of PNG/JPEG images or an .npz array (default: embedded shapes)")
-    train.add_argument("--resolution", type=int, default=32, choices=[32, 64], help="image size")
-    train.add_argument("--steps", type=int, default=None,
-                       help="total G steps; resume continues up to this (default: 10000 on CUDA, 1500 on the CPU)")
-    train.add_argument("--batch-size", type=int, default=64, help="global batch size (split across processes)")
-    train.add_argument("--loss", default="ns", choices=["ns", "hinge", "wgan", "lsgan"], help="GAN loss")
-    train.add_argument("--penalty", default="r1", choices=["none", "r1", "wgan-gp"], help="gradient penalty on D")
-    train.add_argument("--gamma", type=float, default=None, help="penalty weight (default: r1 1.0, wgan-gp 10)")
-    train.add_argument("--reg-interval", type=int, default=4, help="lazy R1: penalise every k-th D step with gamma*k")
-    train.add_argument("--n-critic", type=int, default=1, help="D steps per G step")
-    train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of G and D")
-    train.add_argument("--betas", type=float, nargs=2, default=None,
-                       help="Adam betas (default 0.5 0.999; 0.0 0.9 with wgan / wgan-gp)")
-    train.add_argument("--width", type=int, default=None,
-                       help="base channel width of G and D (default: 64 on CUDA, 32 on the CPU)")
-    train.add_argument("--z-dim", type=int, default=128, help="latent size")
-    train.add_argument("--plain-torch", action="store_true", help="build the models from plain torch modules")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast (auto: on CUDA)")
-    train.add_argument("--cuda-graphs", action="store_true",
-                       help="capture the D and G steps (gradient penalty included) in CUDA graphs; CUDA, one process")
-    train.add_argument("--seed", type=int, default=0, help="random seed (runs are deterministic on the CPU)")
-    train.add_argument("--out", default="runs/fastgan", help="output folder: checkpoint, samples, log.jsonl")
-    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                       help="resume from CHECKPOINT (without a value: OUT/checkpoint.pt)")
-    train.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N steps")
-    train.add_argument("--ckpt-every", type=int, default=500, help="write the checkpoint every N steps")
-    train.add_argument("--log-every", type=int, default=10, help="log losses every N steps")
-    train.add_argument("--workers", type=int, default=None,
-                       help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image folders)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU.")
+    _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
     sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint",

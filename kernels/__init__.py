@@ -1,17 +1,20 @@
 """fastgan.kernels: Triton kernels and their launchers (tensors in, tensors out; no autograd).
 
-Installed from the top-level folder ``kernels/`` (see setup.py). Import it through
-``fastgan.backend.kernels()`` so that interpreter mode is decided before Triton compiles.
+Installed from the top-level folder ``kernels/`` (see setup.py). The launchers are loaded on
+first use (``fastgan.kernels.bias_act_fwd`` imports ``kernels/bias_act.py`` and Triton then),
+so that ``fastgan.kernels.geometry`` (plain Python) imports without Triton, and Triton is
+imported only after ``fastgan.backend`` has decided whether it interprets.
 """
-from .activation import ACT_IDS
-from .batch_norm_act import bn_act_bwd, bn_stats
-from .bias_act import bias_act_bwd, bias_act_fwd, channel_layout
-from .common import is_interpreted
-from .losses import LOSS_TERMS, gan_loss
-from .penalty import PENALTY_KINDS, grad_penalty_bwd, grad_penalty_fwd, interpolate
+import importlib
 
-__all__ = ["ACT_IDS", "bn_stats", "bn_act_bwd", "bias_act_fwd", "bias_act_bwd", "channel_layout", "is_interpreted",
-           "LOSS_TERMS", "gan_loss", "PENALTY_KINDS", "interpolate", "grad_penalty_fwd", "grad_penalty_bwd"]
-from .conv import conv2d_act_fwd, conv_transpose2d_act_fwd  # noqa: E402
+_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common")
 
-__all__ += ["conv2d_act_fwd", "conv_transpose2d_act_fwd"]
+
+def __getattr__(name):
+    for module in _MODULES:
+        mod = importlib.import_module(f"{__name__}.{module}")
+        if name in getattr(mod, "__all__", ()):
+            value = getattr(mod, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

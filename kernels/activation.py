@@ -11,6 +11,8 @@ forms (no libdevice: it does not run in the Triton interpreter).
 import triton
 import triton.language as tl
 
+__all__ = ["ACT_IDS"]
+
 ACT_IDS = {
     "linear": 0,
     "relu": 1,

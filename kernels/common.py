@@ -5,6 +5,8 @@ import struct
 
 import torch
 
+__all__ = ["is_interpreted", "is_dense", "split_float", "check_launch_dtype", "FLOAT_DTYPES"]
+
 # Elements per program on the GPU: 4096 keeps 8 warps busy with 16 B vector accesses.
 # Under the interpreter a program is one numpy evaluation, so tiles are made larger there.
 TILE_ELEMENTS = 4096

@@ -51,9 +51,9 @@ import triton.language as tl
 
 from .activation import ACT_IDS, act_fwd, scalar_arg
 from .common import check_launch_dtype, is_interpreted, split_float
+from .geometry import ConvGeom
 
-__all__ = ["conv2d_act_fwd", "conv_transpose2d_act_fwd", "conv_output_size",
-           "conv_transpose_output_size", "output_channels_last"]
+__all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last"]
 
 
 @triton.jit
@@ -254,31 +254,10 @@ def _conv_act_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-def _pair(v, name):
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return v
-
-
-def conv_output_size(size, k, stride, pad, dil):
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-
-
-def conv_transpose_output_size(size, k, stride, pad, dil, out_pad):
-    return (size - 1) * stride - 2 * pad + dil * (k - 1) + out_pad + 1
-
-
-def _channels_last_strided(t: torch.Tensor) -> bool:
-    return (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-            and not t.is_contiguous())
-
-
 def output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
     """The memory format F.conv2d picks: channels_last when x or the weight is channels_last."""
-    return _channels_last_strided(x) or _channels_last_strided(w)
+    return any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+               for t in (x, w))
 
 
 def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bool | None):
@@ -329,30 +308,34 @@ def _check_out(t, shape, like, name):
                          f"{like.device}; got {tuple(t.shape)}, {t.dtype}, {t.device}")
 
 
-def _launch(x, w, b, stride, padding, dilation, groups, output_padding, transposed, act, alpha, gain,
-            clamp, store_z, y, z, tap_loop):
+def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False,
+                 y=None, z=None, tap_loop=None):
+    """y = clamp(act(conv(x, w) + b) * gain) for the convolution ``geom`` describes (conv2d or
+    conv_transpose2d); returns ``(y, z)`` with z = conv(x, w) (pre-bias) when ``store_z`` else None.
+
+    x [N, Cin, H, W], w in torch's layout for the op ([Cout, Cin/g, KH, KW] or [Cin, Cout/g, KH, KW]),
+    one float dtype, any strides. y (and z) are channels_last when x or w is, else NCHW (as
+    F.conv2d). ``y``/``z`` may be given as preallocated outputs of the right shape (any strides;
+    z's must equal y's). ``tap_loop`` forces the K-walk (None: heuristic). Arguments are assumed
+    valid (the functional layer checks them).
+    """
     check_launch_dtype(x, w, b)
     if act not in ACT_IDS:
         raise ValueError(f"unknown activation {act!r}")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    oph, opw = _pair(output_padding, "output_padding")
+    (sh, sw), (ph, pw), (dh, dw), groups = geom.stride, geom.padding, geom.dilation, geom.groups
+    transposed = geom.transposed
     n_, c_in, h, w_in = x.shape
     kh, kw = w.shape[2], w.shape[3]
+    oh, ow = geom.output_hw((h, w_in), (kh, kw))
     if transposed:
         cig = c_in // groups
         cog = w.shape[1]
-        oh = conv_transpose_output_size(h, kh, sh, ph, dh, oph)
-        ow = conv_transpose_output_size(w_in, kw, sw, pw, dw, opw)
         ohp, owp = triton.cdiv(oh, sh), triton.cdiv(ow, sw)
         step_h, step_w = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
         rows, grid1 = n_ * ohp * owp, groups * sh * sw
     else:
         cig = w.shape[1]
         cog = w.shape[0] // groups
-        oh = conv_output_size(h, kh, sh, ph, dh)
-        ow = conv_output_size(w_in, kw, sw, pw, dw)
         ohp, owp = oh, ow
         step_h, step_w = 1, 1
         rows, grid1 = n_ * oh * ow, groups
@@ -414,26 +397,15 @@ def _launch(x, w, b, stride, padding, dilation, groups, output_padding, transpos
 
 def conv2d_act_fwd(x, w, b, stride=1, padding=0, dilation=1, groups=1, act="linear", alpha=0.0,
                    gain=1.0, clamp=None, *, store_z=False, y=None, z=None, tap_loop=None):
-    """y = clamp(act(conv2d(x, w) + b) * gain); returns ``(y, z)`` with z = conv2d(x, w)
-    (pre-bias) when ``store_z`` else None.
-
-    x [N, Cin, H, W] and w [Cout, Cin/groups, KH, KW] of one float dtype, any strides.
-    y (and z) are channels_last when x or w is, else NCHW (as F.conv2d). ``y``/``z`` may be
-    given as preallocated outputs of the right shape (any strides; z's must equal y's).
-    ``tap_loop`` forces the K-walk (None: heuristic). Arguments are assumed valid (the
-    functional layer checks them).
-    """
-    return _launch(x, w, b, stride, padding, dilation, groups, 0, False, act, alpha, gain, clamp,
-                   store_z, y, z, tap_loop)
+    """:func:`conv_act_fwd` with F.conv2d's arguments."""
+    return conv_act_fwd(x, w, b, ConvGeom.of(False, stride, padding, dilation, groups), act, alpha, gain, clamp,
+                        store_z=store_z, y=y, z=z, tap_loop=tap_loop)
 
 
 def conv_transpose2d_act_fwd(x, w, b, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                              act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False, y=None,
                              z=None, tap_loop=None):
-    """y = clamp(act(conv_transpose2d(x, w) + b) * gain); see :func:`conv2d_act_fwd`.
-
-    w is [Cin, Cout/groups, KH, KW] (torch's transposed layout). Phase-decomposed: no
-    zero-inserted input is built.
-    """
-    return _launch(x, w, b, stride, padding, dilation, groups, output_padding, True, act, alpha, gain,
-                   clamp, store_z, y, z, tap_loop)
+    """:func:`conv_act_fwd` with F.conv_transpose2d's arguments (phase-decomposed: no
+    zero-inserted input is built)."""
+    return conv_act_fwd(x, w, b, ConvGeom.of(True, stride, padding, dilation, groups, output_padding), act,
+                        alpha, gain, clamp, store_z=store_z, y=y, z=z, tap_loop=tap_loop)

@@ -18,6 +18,7 @@ needs_interpreter = pytest.mark.skipif(
 @pytest.fixture
 def auto(monkeypatch):
     monkeypatch.delenv("FASTGAN_BACKEND", raising=False)
+    monkeypatch.setattr(backend, "_decided", {})  # decisions are cached per (forced, device)
 
 
 def test_cpu_tensors_default_to_eager(auto):
@@ -119,6 +120,7 @@ def test_interpreter_incompatibility_is_named(monkeypatch):
 
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    monkeypatch.setattr(backend, "_decided", {})  # decisions are cached per (forced, device)
     problem = backend.interpreter_problem()
     assert problem and "triton 3.6.0" in problem and "numpy 2.4.6" in problem and "numpy<2.4" in problem
     if backend.triton_interprets():

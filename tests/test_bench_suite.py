@@ -336,3 +336,13 @@ def test_pytest_benchmark_micro_cases(tmp_path):
     backend = got["fastgan"]["extra_info"]["backend"]
     assert backend == "triton" if torch.cuda.is_available() else backend.startswith("eager")
     assert all(b["stats"]["median"] > 0 and b["group"] == "bias_act.lrelu.fwd" for b in got.values())
+
+
+def test_host_overhead_measures_both_paths_of_a_fused_op():
+    """fastgan bench --host-overhead: the Function and the custom op, with and without grad."""
+    from fastgan.benchmarks.host_overhead import measure
+
+    results = measure(calls=50, repeats=3)
+    assert {"Function.apply", "torch.ops custom op"} <= set(results)
+    for row in results.values():
+        assert row["no_grad_us"] > 0 and row["requires_grad_us"] > 0

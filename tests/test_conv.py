@@ -14,7 +14,8 @@ from torch import nn
 
 import fastgan
 from fastgan import backend
-from fastgan.functional import conv2d_act, conv_dispatch, conv_transpose2d_act, resolve_act
+from fastgan.backend import conv_dispatch
+from fastgan.functional import conv2d_act, conv_transpose2d_act, resolve_act
 from fastgan.functional.gradfix import no_weight_gradients
 from fastgan.nn import Conv2dAct, ConvTranspose2dAct
 

@@ -87,9 +87,7 @@ def _emulate_graph_mode(t):
     """The trainer's graph-mode bookkeeping on a CPU: CapturedStep falls back to eager calls, so
     this runs everything but the capture itself (static real buffer, one step per kind,
     zero_grad(set_to_none=False), the stats buffer)."""
-    t.graphs = G.StepGraphs(t.device, ())
-    t._stats_buf = torch.zeros(len(D_STATS) + len(G_STATS))
-    t._lr_g, t._lr_d = t.opt_g.param_groups[0]["lr"], t.opt_d.param_groups[0]["lr"]
+    t.graphs = G.TrainerGraphs(t, (D_STATS, G_STATS))
     return t
 
 
@@ -284,20 +282,18 @@ def test_capture_holds_the_garbage_collector_and_explains_failures(monkeypatch):
 def test_graph_blocker_reasons():
     cuda = torch.device("cuda")
     assert G.graph_blocker(torch.device("cpu")) == G.CPU_FALLBACK_MESSAGE
-    assert "data-parallel runs (world_size 2)" in G.graph_blocker(cuda, world_size=2,
-                                                                  need_generator_registration=False)
+    assert "data-parallel runs (world_size 2)" in G.graph_blocker(cuda, world_size=2)
     clean = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    assert G.graph_blocker(cuda, 1, {"D": clean}, need_generator_registration=False) is None
+    assert G.graph_blocker(cuda, 1, {"D": clean}) is None
     hooked = copy.deepcopy(clean)
     hooked[0].register_forward_hook(lambda m, i, o: None)
-    why = G.graph_blocker(cuda, 1, {"D": hooked}, need_generator_registration=False)
+    why = G.graph_blocker(cuda, 1, {"D": hooked})
     assert "D: module '0' has forward hooks" in why and why.endswith("running eager steps")
     param_hook = copy.deepcopy(clean)
     param_hook[0].weight.register_hook(lambda g: g)
-    assert "parameter '0.weight' has gradient hooks" in G.graph_blocker(cuda, 1, {"D": param_hook},
-                                                                        need_generator_registration=False)
+    assert "parameter '0.weight' has gradient hooks" in G.graph_blocker(cuda, 1, {"D": param_hook})
     bn = nn.Sequential(nn.BatchNorm2d(4, momentum=None))
-    assert "momentum=None" in G.graph_blocker(cuda, 1, {"G": bn}, need_generator_registration=False)
+    assert "momentum=None" in G.graph_blocker(cuda, 1, {"G": bn})
 
 
 def test_optimizer_state_helpers_copy_in_place():

@@ -1,13 +1,16 @@
-"""fastgan.functional: the autograd level. Each op validates its arguments, then runs the
-fused Triton path or the eager reference, as ``fastgan.backend`` decides."""
+"""fastgan.functional: the autograd level. One module per op family: its eager reference, its
+fused ops (``fused_op.FusedOp``: an autograd.Function in eager code, a ``torch.ops.fastgan``
+custom op under torch.compile, sharing one forward and one backward) and its public function,
+which validates the arguments and runs the reference on the "eager" backend, the fused op
+otherwise (``fastgan.backend``)."""
 from .activations import ACTIVATIONS, ActSpec, resolve_act
+from .batch_norm_act import batch_norm_act
 from .bias_act import bias_act
+from .conv import conv2d_act, conv_transpose2d_act
+from .fused_op import REGISTERED, check_registered
 from .losses import LOSS_KINDS, d_loss, g_loss
 from .penalty import PENALTY_KINDS, gradient_penalty, lazy_adam_hparams, lazy_regularization
 
-__all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act",
-           "LOSS_KINDS", "d_loss", "g_loss",
-           "PENALTY_KINDS", "gradient_penalty", "lazy_regularization", "lazy_adam_hparams"]
-from .conv import conv2d_act, conv_transpose2d_act  # noqa: E402
-
-__all__ += ["conv2d_act", "conv_transpose2d_act"]
+__all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act", "batch_norm_act", "conv2d_act",
+           "conv_transpose2d_act", "LOSS_KINDS", "d_loss", "g_loss", "PENALTY_KINDS", "gradient_penalty",
+           "lazy_regularization", "lazy_adam_hparams", "REGISTERED", "check_registered"]

@@ -1,52 +1,92 @@
 """batch_norm_act: y = clamp(act(batch_norm(x)) * gain), fused in training mode.
 
-Training mode (batch statistics) runs the fused kernels of ``fastgan.kernels.batch_norm_act``:
-a statistics pass and one normalise + affine + activation pass forward, a reduction pass and
-one pointwise pass backward (first order; a second-order gradient through a training-mode
-batch norm raises, which GAN generators never need). Evaluation mode (running statistics) is
-an affine map per channel: ``F.batch_norm`` followed by the fused ``bias_act``, differentiable
-twice. The eager backend is ``F.batch_norm`` + the activation reference.
+Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``: a
+statistics pass and one normalise + affine + activation pass forward, a reduction pass and
+one pointwise pass backward. Evaluation mode (running statistics) is an affine map per
+channel: ``F.batch_norm`` followed by the fused ``bias_act``, differentiable twice. The eager
+backend is ``F.batch_norm`` + the activation reference.
+
+Ops (``fused_op.FusedOp``):
+
+======================  =========================================  ==========================
+op                      computes                                   its backward
+======================  =========================================  ==========================
+batch_norm_act          (y, mean, biased var)                      batch_norm_act_backward
+batch_norm_act_backward (dx, sum g, sum g * x_hat)                 none: a second order raises
+======================  =========================================  ==========================
 """
-from __future__ import annotations
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from .. import backend as _backend
-from .activations import ActSpec, resolve_act
+from .activations import resolve_act
 from .bias_act import bias_act
+from .fused_op import FusedOp, fresh_like
 
 __all__ = ["batch_norm_act"]
 
 
-class _BatchNormAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, spec: ActSpec):
-        K = _backend.kernels()
-        mean, var = K.bn_stats(x, 1)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias.to(shift.dtype)
-        y = K.bias_act_fwd(x, shift, 1, spec.act, spec.alpha, spec.gain, spec.clamp, scale=scale)
-        ctx.save_for_backward(x, mean, invstd, scale, shift)
-        ctx.spec, ctx.has_weight, ctx.has_bias = spec, weight is not None, bias is not None
-        ctx.param_dtype = weight.dtype if weight is not None else None
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _dmean, _dvar):
-        x, mean, invstd, scale, shift = ctx.saved_tensors
-        spec = ctx.spec
-        dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, shift, 1, spec.act,
-                                                         spec.alpha, spec.gain, spec.clamp)
-        dw = sum_gx.to(ctx.param_dtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        db = sum_g.to(ctx.param_dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None
+
+def _affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """(invstd, scale, shift) of the per-channel map x * scale + shift = (x - mean) * invstd * w + b."""
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.to(shift.dtype)
+    return invstd, scale, shift
+
+
+def _fake(x, *rest):
+    """(tensor like x, two per-channel vectors in the statistics dtype): both ops' outputs."""
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=_stats_dtype(x)), x.new_empty((c,), dtype=_stats_dtype(x))
+
+
+def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str, alpha: float,
+             gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+    K = _backend.kernels()
+    mean, var = K.bn_stats(x, 1)
+    _, scale, shift = _affine(mean, var, weight, bias, eps)
+    y = K.bias_act_fwd(x, shift, 1, act, alpha, gain, clamp, scale=scale)
+    return fresh_like(y, x), mean, var
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, eps, *act_args = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.eps, ctx.act_args = eps, act_args
+
+
+def _backward(ctx, dy, _dmean, _dvar):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    invstd, scale, shift = _affine(mean, var, weight, bias, ctx.eps)
+    dx, sum_g, sum_gx = BATCH_NORM_ACT_BACKWARD(dy, x, mean, invstd, scale, shift, *ctx.act_args)
+    need = ctx.needs_input_grad
+    dw = sum_gx.to(weight.dtype) if weight is not None and need[1] else None
+    db = sum_g.to(bias.dtype) if bias is not None and need[2] else None
+    return dx, dw, db, None, None, None, None, None
+
+
+BATCH_NORM_ACT = FusedOp("batch_norm_act", _forward, _fake, _setup, _backward)
+
+
+def _backward_forward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, shift: Tensor, act: str,
+                      alpha: float, gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, shift, 1, act, alpha, gain, clamp)
+    return fresh_like(dx, x), sum_g, sum_gx
+
+
+BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, lambda dy, x, *rest: _fake(x),
+                                  limit="the training-mode batch_norm_act supports gradients up to first order")
 
 
 def _check(x, weight, bias, running_mean, running_var):
@@ -65,30 +105,25 @@ def _check(x, weight, bias, running_mean, running_var):
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
 
 
-def batch_norm_act(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-                   weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
-                   momentum: float = 0.1, eps: float = 1e-5, act: str = "relu", alpha: float | None = None,
-                   gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
+def batch_norm_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                   weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+                   momentum: float = 0.1, eps: float = 1e-5, act: str = "relu", alpha: Optional[float] = None,
+                   gain: Optional[float] = None, clamp: Optional[float] = None) -> Tensor:
     """``clamp(act(F.batch_norm(x, ...)) * gain)`` with ``F.batch_norm``'s argument semantics.
 
     In training mode the running statistics (when given) are updated in place with
-    ``momentum`` (unbiased variance, like torch).
+    ``momentum`` (unbiased variance, like torch). Training mode is differentiable once.
     """
     _check(x, weight, bias, running_mean, running_var)
     spec = resolve_act(act, alpha, gain, clamp)
     if training and x.numel() // x.shape[1] <= 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
-    compiling = torch.compiler.is_compiling()  # torch.compile: fastgan.library's opaque ops
-    if not training or (not compiling and _backend.backend_for(x) == "eager"):
-        z = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-        if not compiling and _backend.backend_for(x) == "eager":
-            return spec.reference(z)
+    if _backend.backend_for(x) == "eager":
+        return spec.reference(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
+    if not training:
+        z = F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
         return bias_act(z, None, 1, spec.act, spec.alpha if spec.act == "lrelu" else None, spec.gain, spec.clamp)
-    if compiling:
-        from .. import library
-        y, mean, var = library.batch_norm_act(x, weight, bias, eps, spec)
-    else:
-        y, mean, var = _BatchNormAct.apply(x, weight, bias, eps, spec)
+    y, mean, var = BATCH_NORM_ACT(x, weight, bias, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
     if running_mean is not None and running_var is not None:
         m = x.numel() // x.shape[1]
         with torch.no_grad():

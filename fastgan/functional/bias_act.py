@@ -1,94 +1,121 @@
 """bias_act: y = clamp(act(x + b) * gain, -clamp, clamp), fused, differentiable twice.
 
-Autograd structure (the StyleGAN2-ADA pattern): the backward of ``_BiasAct`` is itself an
-autograd Function, ``_BiasActGrad`` (dx = dy * gain * act'(x + b) * m, with db reduced in
-the same kernel pass), whose backward is again made of fused kernels. That is what the
-R1 / WGAN-GP penalty needs: it differentiates dx with respect to the parameters.
+Ops (``fused_op.FusedOp``; z = x + b broadcast along ``dim``, m = [|act(z) * gain| <= clamp]):
+
+==============  ==============================================  ===============================
+op              computes                                        its backward
+==============  ==============================================  ===============================
+bias_act        y                                               bias_act_grad
+bias_act_grad   dx = dy * gain * act'(z) * m,  db = sum dx      bias_act_grad (w.r.t. dy) and
+                                                                bias_act_grad2 (w.r.t. x, b)
+bias_act_grad2  g * dy * gain * act''(z) * m,  and its sum      none: a third order raises
+==============  ==============================================  ===============================
+
+This is StyleGAN2-ADA's structure: the gradient of the gradient is itself a fused kernel,
+which is what an R1 or WGAN-GP penalty differentiates. The eager backend runs
+``_bias_act_ref`` (plain torch, any order).
 """
-from __future__ import annotations
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from .. import backend as _backend
 from .activations import ActSpec, resolve_act
+from .fused_op import FusedOp, fresh_like
 
-__all__ = ["bias_act"]
+__all__ = ["bias_act", "bias_shape"]
 
 
-def _bias_shape(x: torch.Tensor, dim: int) -> list[int]:
+def bias_shape(x: Tensor, dim: int) -> list:
+    """The shape that broadcasts a per-channel vector along ``dim`` of ``x``."""
     return [-1 if d == dim else 1 for d in range(x.dim())]
 
 
-def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, spec: ActSpec) -> torch.Tensor:
+def _bias_act_ref(x: Tensor, b: Optional[Tensor], dim: int, spec: ActSpec) -> Tensor:
     """The eager reference: separate add, activation, gain and clamp (plain torch ops)."""
-    z = x if b is None else x + b.reshape(_bias_shape(x, dim))
+    z = x if b is None else x + b.reshape(bias_shape(x, dim))
     return spec.reference(z)
 
 
-def _reduce_to_bias(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.sum(dim=[d for d in range(t.dim()) if d != dim])
+# ----------------------------------------------------------------------------- bias_act
+
+def _forward(x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
+             clamp: Optional[float]) -> Tensor:
+    return fresh_like(_backend.kernels().bias_act_fwd(x, b, dim, act, alpha, gain, clamp), x)
 
 
-class _BiasAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, b, dim, spec):
-        kernels = _backend.kernels()
-        y = kernels.bias_act_fwd(x, b, dim, spec.act, spec.alpha, spec.gain, spec.clamp)
-        ctx.save_for_backward(x, b)
-        ctx.dim, ctx.spec = dim, spec
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, b = ctx.saved_tensors
-        need_db = b is not None and ctx.needs_input_grad[1]
-        dx, db = _BiasActGrad.apply(dy, x, b, ctx.dim, ctx.spec, need_db)
-        return dx, db, None, None
+def _setup(ctx, inputs, output):
+    x, b, *args = inputs
+    ctx.save_for_backward(x, b)
+    ctx.args = args
 
 
-class _BiasActGrad(torch.autograd.Function):
-    """(dy, x, b) -> (dx, db): dx = dy * gain * act'(x + b) * m, db = sum(dx) per channel."""
+def _backward(ctx, dy):
+    x, b = ctx.saved_tensors
+    need_db = b is not None and ctx.needs_input_grad[1]
+    dx, db = BIAS_ACT_GRAD(dy, x, b, *ctx.args, need_db)
+    return dx, (db if need_db else None), None, None, None, None, None
 
-    @staticmethod
-    def forward(ctx, dy, x, b, dim, spec, need_db):
-        kernels = _backend.kernels()
-        dx, db = kernels.bias_act_bwd(dy, x, b, dim, spec.act, spec.alpha, spec.gain, spec.clamp,
-                                      order=1, need_db=need_db)
-        ctx.save_for_backward(dy, x, b)
-        ctx.dim, ctx.spec, ctx.need_db = dim, spec, need_db
-        return dx, db
 
-    @staticmethod
-    def backward(ctx, d_dx, d_db):
-        dy, x, b = ctx.saved_tensors
-        dim, spec = ctx.dim, ctx.spec
-        # db = sum(dx), so an upstream gradient on db reaches every element of dx.
-        g = d_dx if d_dx is not None else torch.zeros_like(x)
-        if d_db is not None:
-            g = g + d_db.reshape(_bias_shape(x, dim)).to(g.dtype)
-        d_dy = d_x = d_b = None
+BIAS_ACT = FusedOp("bias_act", _forward, lambda x, *rest: torch.empty_like(x), _setup, _backward)
+
+
+# ----------------------------------------------------------------------------- bias_act_grad
+
+def _grad_fake(dy, x, b, dim, act, alpha, gain, clamp, need_db):
+    return torch.empty_like(x), x.new_empty((x.shape[dim],) if need_db else (0,))
+
+
+def _grad_forward(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float, gain: float,
+                  clamp: Optional[float], need_db: bool) -> tuple[Tensor, Tensor]:
+    dx, db = _backend.kernels().bias_act_bwd(dy, x, b, dim, act, alpha, gain, clamp, order=1, need_db=need_db)
+    return fresh_like(dx, x, dy), (db if need_db else x.new_empty((0,)))
+
+
+def _grad_setup(ctx, inputs, output):
+    dy, x, b, *args, need_db = inputs
+    ctx.save_for_backward(dy, x, b)
+    ctx.args, ctx.need_db = args, need_db
+    ctx.set_materialize_grads(False)
+
+
+def _grad_backward(ctx, d_dx, d_db):
+    dy, x, b = ctx.saved_tensors
+    dim, act, alpha, gain, clamp = ctx.args
+    g = d_dx
+    if d_db is not None and ctx.need_db:  # db = sum(dx): its gradient reaches every element of dx
+        g_db = d_db.reshape(bias_shape(x, dim)).to(x.dtype)
+        g = g_db.expand_as(x) if g is None else g + g_db
+    d_dy = d_x = d_b = None
+    if g is not None:
         if ctx.needs_input_grad[0]:
-            d_dy, _ = _BiasActGrad.apply(g, x, b, dim, spec, False)
-        if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            d_dy = BIAS_ACT_GRAD(g, x, b, *ctx.args, False)[0]
+        if ActSpec(act, alpha, gain, clamp).has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             need_db = b is not None and ctx.needs_input_grad[2]
-            d_x, d_b = _BiasActGrad2.apply(g, dy, x, b, dim, spec, need_db)
-        return d_dy, d_x, d_b, None, None, None
+            d_x, d_b = BIAS_ACT_GRAD2(g, dy, x, b, *ctx.args, need_db)
+            d_x = d_x if ctx.needs_input_grad[1] else None
+            d_b = d_b if need_db else None
+    return d_dy, d_x, d_b, None, None, None, None, None, None
 
 
-class _BiasActGrad2(torch.autograd.Function):
-    """The second-order term g * dy * gain * act''(x + b) * m (and its bias reduction)."""
+BIAS_ACT_GRAD = FusedOp("bias_act_grad", _grad_forward, _grad_fake, _grad_setup, _grad_backward)
 
-    @staticmethod
-    def forward(ctx, g, dy, x, b, dim, spec, need_db):
-        kernels = _backend.kernels()
-        return kernels.bias_act_bwd(g, x, b, dim, spec.act, spec.alpha, spec.gain, spec.clamp,
-                                    order=2, dy=dy, need_db=need_db)
 
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError("fastgan.functional.bias_act supports gradients up to second order; "
-                           "a third-order gradient was requested")
+# ----------------------------------------------------------------------------- bias_act_grad2
 
+def _grad2_forward(g: Tensor, dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int, act: str, alpha: float,
+                   gain: float, clamp: Optional[float], need_db: bool) -> tuple[Tensor, Tensor]:
+    out, db = _backend.kernels().bias_act_bwd(g, x, b, dim, act, alpha, gain, clamp, order=2, dy=dy,
+                                              need_db=need_db)
+    return fresh_like(out, x, g, dy), (db if need_db else x.new_empty((0,)))
+
+
+BIAS_ACT_GRAD2 = FusedOp("bias_act_grad2", _grad2_forward, lambda g, dy, *rest: _grad_fake(dy, *rest),
+                         limit="bias_act supports gradients up to second order")
+
+
+# ----------------------------------------------------------------------------- public
 
 def _check_inputs(x, b, dim):
     if not isinstance(x, torch.Tensor):
@@ -97,7 +124,7 @@ def _check_inputs(x, b, dim):
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
-    if not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape "
                          f"{tuple(x.shape)}, got {dim!r}")
     dim %= x.dim()
@@ -114,9 +141,8 @@ def _check_inputs(x, b, dim):
     return dim
 
 
-def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
-             alpha: float | None = None, gain: float | None = None,
-             clamp: float | None = None) -> torch.Tensor:
+def bias_act(x: Tensor, b: Optional[Tensor] = None, dim: int = 1, act: str = "linear",
+             alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None) -> Tensor:
     """Fused ``clamp(act(x + b) * gain, -clamp, clamp)`` with StyleGAN2-ADA semantics.
 
     Args:
@@ -133,9 +159,6 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     """
     dim = _check_inputs(x, b, dim)
     spec = resolve_act(act, alpha, gain, clamp)
-    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
-        from .. import library
-        return library.bias_act(x, b, dim, spec)
     if _backend.backend_for(x) == "eager":
         return _bias_act_ref(x, b, dim, spec)
-    return _BiasAct.apply(x, b, dim, spec)
+    return BIAS_ACT(x, b, dim, spec.act, spec.alpha, spec.gain, spec.clamp)

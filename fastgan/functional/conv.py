@@ -3,37 +3,42 @@
     y = clamp(act(conv(x, weight) + bias) * gain, -clamp, clamp)
 
 Forward: one fused Triton kernel (implicit GEMM with the bias_act epilogue on the fp32
-accumulator), or the vendor convolution followed by the fused bias_act kernel; a per-shape
-dispatcher (``conv_dispatch``) picks the faster on CUDA.
+accumulator), or the vendor convolution followed by the fused bias_act kernel; the per-shape
+dispatcher (``fastgan.backend.conv_dispatch``) picks the faster on CUDA.
 
-Autograd (the StyleGAN2-ADA conv2d_gradfix idea: every derivative of a convolution is
-another convolution):
+Ops (``fused_op.FusedOp``; the geometry arguments are ``kernels.geometry.ConvGeom.op_args()``):
 
-- ``_Conv2dAct`` / ``_ConvTranspose2dAct`` compute z = conv(x, w) (pre-bias) and y in the
-  same kernel. z is returned as a second, real output and saved *as an output*, so in a
-  ``create_graph`` pass the saved z is still connected to the graph through this very
-  node; that keeps the act''(z) * dz/d(x, w) terms of second-order gradients.
-- backward: (dz, db) = ``_BiasActGrad`` (fused act' + bias reduction, itself twice
-  differentiable); dz += the gradient arriving at z; then dx = the adjoint convolution of
-  dz (a differentiable fastgan conv, dispatched like the forward) and dw =
-  ``_ConvWeightGrad(x, dz)`` whose backward is again made of convolutions.
-- Inside ``gradfix.no_weight_gradients()`` dw and db are not computed (None).
+================  ==========================================  =========================================
+op                computes                                    its backward
+================  ==========================================  =========================================
+conv_act          (y, z): z = conv(x, w) pre-bias (empty      dz = bias_act_grad(dy, z) + the gradient
+                  unless store_z), y = clamp(act(z + b) *     reaching z; dx = conv_act of dz with the
+                  gain)                                       adjoint geometry; dw = conv_weight_grad;
+                                                              db = sum dz (in the same pass as dz)
+conv_weight_grad  dw of conv(x, w) for dz (vendor kernel)     conv_act (w.r.t. dz and x)
+================  ==========================================  =========================================
 
-Only the forward has a Triton kernel; the weight gradient uses the vendor's kernel
-(``aten.convolution_backward``), the input gradient is a fastgan conv (Triton or vendor
-as dispatched).
+This is StyleGAN2-ADA's conv2d_gradfix idea: every derivative of a convolution is another
+convolution, so the op is differentiable twice, as R1 and WGAN-GP need. z is saved *as an
+output*: in a ``create_graph`` pass the saved z is still connected to the graph through this
+very node, which keeps the act''(z) terms of second-order gradients. z is produced only when a
+backward will need it (not for a linear epilogue without clamp, whose act' is 1).
+
+Inside ``gradfix.no_weight_gradients()`` dw and db are not computed (None). Under
+torch.compile the backward is traced once, so the flag is read when it is traced.
 """
-from __future__ import annotations
-
-from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .. import backend as _backend
-from . import conv_dispatch
+from ..backend import conv_dispatch
+from ..kernels.geometry import ConvGeom
 from .activations import ActSpec, resolve_act
-from .bias_act import _bias_act_ref, _BiasActGrad
+from .bias_act import BIAS_ACT_GRAD, _bias_act_ref
+from .fused_op import FusedOp, fresh_like
 from .gradfix import weight_gradients_enabled
 
 __all__ = ["conv2d_act", "conv_transpose2d_act"]
@@ -41,51 +46,17 @@ __all__ = ["conv2d_act", "conv_transpose2d_act"]
 _IDENTITY = ActSpec("linear", 0.0, 1.0, None)
 
 
-@dataclass(frozen=True)
-class ConvGeom:
-    """The non-tensor arguments of one convolution (all pairs are (h, w))."""
-    transposed: bool
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    output_padding: tuple[int, int] = (0, 0)
-
-    @property
-    def op(self) -> str:
-        return "conv_transpose2d" if self.transposed else "conv2d"
-
-    def args(self) -> tuple:
-        return (*self.stride, *self.padding, *self.dilation, self.groups, *self.output_padding)
-
-
-# ----------------------------------------------------------------------------- references
-
-def _vendor_conv(x: torch.Tensor, w: torch.Tensor, geom: ConvGeom) -> torch.Tensor:
+def _vendor_conv(x: Tensor, w: Tensor, geom: ConvGeom) -> Tensor:
     """The plain torch convolution without bias (cuDNN on CUDA)."""
     if geom.transposed:
-        return F.conv_transpose2d(x, w, None, geom.stride, geom.padding, geom.output_padding,
-                                  geom.groups, geom.dilation)
+        return F.conv_transpose2d(x, w, None, geom.stride, geom.padding, geom.output_padding, geom.groups,
+                                  geom.dilation)
     return F.conv2d(x, w, None, geom.stride, geom.padding, geom.dilation, geom.groups)
 
 
-def _conv2d_act_ref(x, weight, bias, stride, padding, dilation, groups, spec: ActSpec) -> torch.Tensor:
-    """The eager reference: F.conv2d without bias, then the bias_act reference."""
-    z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    return _bias_act_ref(z, bias, 1, spec)
-
-
-def _conv_transpose2d_act_ref(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                              spec: ActSpec) -> torch.Tensor:
-    """The eager reference: F.conv_transpose2d without bias, then the bias_act reference."""
-    z = F.conv_transpose2d(x, weight, None, stride, padding, output_padding, groups, dilation)
-    return _bias_act_ref(z, bias, 1, spec)
-
-
-# ----------------------------------------------------------------------------- forward implementations
-
-def _is_identity(spec: ActSpec, b) -> bool:
-    return b is None and spec.act == "linear" and spec.gain == 1 and spec.clamp is None
+def _conv_act_ref(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: ActSpec) -> Tensor:
+    """The eager reference: the torch convolution without bias, then the bias_act reference."""
+    return _bias_act_ref(_vendor_conv(x, w, geom), b, 1, spec)
 
 
 def _needs_z(spec: ActSpec) -> bool:
@@ -93,166 +64,135 @@ def _needs_z(spec: ActSpec) -> bool:
     return spec.act != "linear" or spec.clamp is not None
 
 
+def _out_format(x: Tensor, w: Tensor) -> torch.memory_format:
+    return torch.channels_last if _backend.kernels().output_channels_last(x, w) else torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------- conv_act
+
 def _run_impl(impl: str, x, w, b, geom: ConvGeom, spec: ActSpec, store_z: bool):
-    """Forward with one implementation; returns (y, z) (z None unless ``store_z``)."""
+    """The forward with one implementation: (y, z), z None unless ``store_z``."""
+    kernels = _backend.kernels()
     if impl == "triton":
-        kernels = _backend.kernels()
-        launch = kernels.conv_transpose2d_act_fwd if geom.transposed else kernels.conv2d_act_fwd
-        extra = {"output_padding": geom.output_padding} if geom.transposed else {}
-        return launch(x, w, b, stride=geom.stride, padding=geom.padding, dilation=geom.dilation,
-                      groups=geom.groups, act=spec.act, alpha=spec.alpha, gain=spec.gain,
-                      clamp=spec.clamp, store_z=store_z, **extra)
+        return kernels.conv_act_fwd(x, w, b, geom, spec.act, spec.alpha, spec.gain, spec.clamp, store_z=store_z)
     with torch.autocast(x.device.type, enabled=False):  # the caller's autocast must not recast
         z = _vendor_conv(x, w, geom)
-    if _is_identity(spec, b):
+    if b is None and spec == _IDENTITY:
         return z, (z if store_z else None)
-    kernels = _backend.kernels()
-    y = kernels.bias_act_fwd(z, b, 1, spec.act, spec.alpha, spec.gain, spec.clamp)
-    return y, (z if store_z else None)
+    return kernels.bias_act_fwd(z, b, 1, spec.act, spec.alpha, spec.gain, spec.clamp), (z if store_z else None)
 
 
-def _forward(x, w, b, geom: ConvGeom, spec: ActSpec, store_z: bool):
-    op = f"{geom.op}_act" + ("" if _is_identity(spec, b) else "+epi") + ("+z" if store_z else "")
-    impl = conv_dispatch.choose(op, x, w, geom.args(),
-                                lambda name: _run_impl(name, x, w, b, geom, spec, store_z))
-    return _run_impl(impl, x, w, b, geom, spec, store_z)
+def _fake(x, w, b, transposed, stride, padding, dilation, groups, output_padding, act, alpha, gain, clamp,
+          store_z):
+    geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
+    n, cout = x.shape[0], w.shape[1] * groups if transposed else w.shape[0]
+    shape = (n, cout, *geom.output_hw(x.shape[2:], w.shape[2:]))
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x, w))
+    return y, (torch.empty_like(y) if store_z else x.new_empty((0,)))
 
 
-# ----------------------------------------------------------------------------- autograd
-
-def _input_grad(g: torch.Tensor, w: torch.Tensor, geom: ConvGeom, x_hw, honor_nwg: bool) -> torch.Tensor:
-    """The adjoint of x -> conv(x, w) applied to g (shape of x), as a differentiable conv."""
-    (sh, sw), (ph, pw), (dh, dw), groups = geom.stride, geom.padding, geom.dilation, geom.groups
-    kh, kw = w.shape[2], w.shape[3]
-    gh, gw = g.shape[2], g.shape[3]
-    if geom.transposed:
-        adj = ConvGeom(False, geom.stride, geom.padding, geom.dilation, groups)
-        out = _conv_apply(g, w, None, adj, _IDENTITY, honor_nwg)
-        # output_padding >= stride (allowed when < dilation) leaves rows the adjoint overshoots
-        if out.shape[2] != x_hw[0] or out.shape[3] != x_hw[1]:
-            out = out[:, :, :x_hw[0], :x_hw[1]]
-        return out
-    oph = x_hw[0] - ((gh - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
-    opw = x_hw[1] - ((gw - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
-    adj = ConvGeom(True, geom.stride, geom.padding, geom.dilation, groups, (oph, opw))
-    return _conv_apply(g, w, None, adj, _IDENTITY, honor_nwg)
+def _forward(x: Tensor, w: Tensor, b: Optional[Tensor], transposed: bool, stride: List[int], padding: List[int],
+             dilation: List[int], groups: int, output_padding: List[int], act: str, alpha: float, gain: float,
+             clamp: Optional[float], store_z: bool) -> tuple[Tensor, Tensor]:
+    geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
+    spec = ActSpec(act, alpha, gain, clamp)
+    key = f"{geom.op}_act" + ("" if b is None and spec == _IDENTITY else "+epi") + ("+z" if store_z else "")
+    impl = conv_dispatch.choose(key, x, w, geom.args(), lambda name: _run_impl(name, x, w, b, geom, spec, store_z))
+    y, z = _run_impl(impl, x, w, b, geom, spec, store_z)
+    fmt = _out_format(x, w)
+    y = y if y.is_contiguous(memory_format=fmt) else y.contiguous(memory_format=fmt)
+    if not store_z:
+        return y, x.new_empty((0,))
+    if z is y:  # identity epilogue: outputs must not alias
+        z = y.clone(memory_format=fmt)
+    return y, (z if z.is_contiguous(memory_format=fmt) else z.contiguous(memory_format=fmt))
 
 
-class _ConvWeightGrad(torch.autograd.Function):
-    """(x, dz) -> dw of conv(x, w) (vendor weight-gradient kernel); backward made of convs:
-
-    <G, dw(x, dz)> = <dz, conv(x, G)>, so d/d(dz) = conv(x, G) and d/dx = adjoint(dz, G).
-    """
-
-    @staticmethod
-    def forward(ctx, x, dz, geom, w_shape):
-        w_like = dz.new_empty(1).expand(w_shape)
-        with torch.autocast(x.device.type, enabled=False):
-            dw = torch.ops.aten.convolution_backward(
-                dz, x, w_like, None, list(geom.stride), list(geom.padding), list(geom.dilation),
-                geom.transposed, list(geom.output_padding), geom.groups, (False, True, False))[1]
-        ctx.save_for_backward(x, dz)
-        ctx.geom = geom
-        return dw
-
-    @staticmethod
-    def backward(ctx, gw):
-        x, dz = ctx.saved_tensors
-        geom = ctx.geom
-        d_x = d_dz = None
-        gw = gw.to(x.dtype)
-        if ctx.needs_input_grad[0]:
-            d_x = _input_grad(dz, gw, geom, x.shape[2:], honor_nwg=False)
-        if ctx.needs_input_grad[1]:
-            d_dz = _conv_apply(x, gw, None, geom, _IDENTITY, honor_nwg=False)
-        return d_x, d_dz, None, None
+def _setup(ctx, inputs, output):
+    x, w, b = inputs[:3]
+    ctx.geom = ConvGeom.from_op_args(*inputs[3:9])
+    ctx.spec = ActSpec(*inputs[9:13])
+    ctx.store_z = inputs[13]
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, w, b, output[1] if ctx.store_z else None)
 
 
-class _ConvActBase(torch.autograd.Function):
-    """(x, w, b) -> y, or (y, z) when ``return_z`` (z = conv(x, w), saved as an output)."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, geom, spec, return_z, honor_nwg):
-        y, z = _forward(x, w, b, geom, spec, store_z=return_z)
-        ctx.set_materialize_grads(False)
-        ctx.geom, ctx.spec, ctx.return_z, ctx.honor_nwg = geom, spec, return_z, honor_nwg
-        ctx.x_hw = tuple(x.shape[2:])
-        if return_z:
-            ctx.save_for_backward(x, w, b, z)
-            return y, z
-        ctx.save_for_backward(x, w, b)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy, dz_extra=None):
-        if ctx.return_z:
-            x, w, b, z = ctx.saved_tensors
+def _backward(ctx, dy, dz_extra):
+    x, w, b, z = ctx.saved_tensors
+    geom, spec, need = ctx.geom, ctx.spec, ctx.needs_input_grad
+    weights_on = weight_gradients_enabled()
+    want_w = need[1] and weights_on
+    want_b = b is not None and need[2] and weights_on
+    dz = db = None
+    if dy is not None:
+        if z is not None:
+            dz, db = BIAS_ACT_GRAD(dy, z, b, 1, spec.act, spec.alpha, spec.gain, spec.clamp, want_b)
+        elif not _needs_z(spec):  # linear, no clamp: act' == 1
+            dz = dy * spec.gain if spec.gain != 1 else dy
+            db = dz.sum(dim=(0, 2, 3)) if want_b else None
         else:
-            (x, w, b), z = ctx.saved_tensors, None
-        geom, spec = ctx.geom, ctx.spec
-        weights_on = weight_gradients_enabled() or not ctx.honor_nwg
-        want_w = ctx.needs_input_grad[1] and weights_on
-        want_b = b is not None and ctx.needs_input_grad[2] and weights_on
-        dz = db = None
-        if dy is not None:
-            if z is not None:
-                dz, db = _BiasActGrad.apply(dy, z, b, 1, spec, want_b)
-            else:  # linear, no clamp: act' == 1
-                dz = dy * spec.gain if spec.gain != 1 else dy
-                if want_b:
-                    db = dz.sum(dim=(0, 2, 3))
-        if dz_extra is not None:
-            dz = dz_extra if dz is None else dz + dz_extra
-        dx = dw = None
-        if dz is not None:
-            if ctx.needs_input_grad[0]:
-                dx = _input_grad(dz, w, geom, ctx.x_hw, ctx.honor_nwg)
-            if want_w:
-                dw = _ConvWeightGrad.apply(x, dz, geom, tuple(w.shape))
-        if not want_b:
-            db = None
-        return dx, dw, db, None, None, None, None
+            raise RuntimeError(f"fastgan::conv_act was called with store_z=False and act={spec.act!r}; "
+                               "its backward needs the pre-activation (call it with store_z=True)")
+    if dz_extra is not None and ctx.store_z:
+        dz = dz_extra if dz is None else dz + dz_extra
+    dx = dw = None
+    if dz is not None:
+        if need[0]:
+            dx = _input_grad(dz, w, geom, x.shape[2:])
+        if want_w:
+            dw = CONV_WEIGHT_GRAD(x, dz, w, *geom.op_args())
+    return (dx, dw, db if want_b else None) + (None,) * 11
 
 
-class _Conv2dAct(_ConvActBase):
-    """conv2d + bias_act (geom.transposed is False)."""
+CONV_ACT = FusedOp("conv_act", _forward, _fake, _setup, _backward)
 
 
-class _ConvTranspose2dAct(_ConvActBase):
-    """conv_transpose2d + bias_act (geom.transposed is True)."""
+def _conv_act(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: ActSpec) -> Tensor:
+    """y of the fused op; z is produced (and kept) only when a backward will need it."""
+    store_z = (_needs_z(spec) and torch.is_grad_enabled()
+               and any(t is not None and t.requires_grad for t in (x, w, b)))
+    return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z)[0]
 
 
-def _conv_apply(x, w, b, geom: ConvGeom, spec: ActSpec, honor_nwg: bool) -> torch.Tensor:
-    """Run the Function (z is produced and kept only when a backward will need it)."""
-    needs_graph = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, w, b))
-    fn = _ConvTranspose2dAct if geom.transposed else _Conv2dAct
-    if needs_graph and _needs_z(spec):
-        y, _ = fn.apply(x, w, b, geom, spec, True, honor_nwg)
-        return y
-    return fn.apply(x, w, b, geom, spec, False, honor_nwg)
+def _input_grad(g: Tensor, w: Tensor, geom: ConvGeom, x_hw) -> Tensor:
+    """The adjoint of x -> conv(x, w) applied to g (of the output's shape), a differentiable conv."""
+    out = _conv_act(g, w, None, geom.adjoint(tuple(x_hw), tuple(g.shape[2:]), tuple(w.shape[2:])), _IDENTITY)
+    if tuple(out.shape[2:]) != tuple(x_hw):  # transposed with output_padding >= stride: crop the overshoot
+        out = out[:, :, :x_hw[0], :x_hw[1]]
+    return out
+
+
+# ----------------------------------------------------------------------------- conv_weight_grad
+
+def _wgrad_forward(x: Tensor, dz: Tensor, w: Tensor, transposed: bool, stride: List[int], padding: List[int],
+                   dilation: List[int], groups: int, output_padding: List[int]) -> Tensor:
+    """dw of conv(x, w) given dz (``w`` supplies the shape and layout only)."""
+    with torch.autocast(x.device.type, enabled=False):
+        dw = torch.ops.aten.convolution_backward(dz, x, w, None, stride, padding, dilation, transposed,
+                                                 output_padding, groups, (False, True, False))[1]
+    return fresh_like(dw, w)
+
+
+def _wgrad_setup(ctx, inputs, output):
+    x, dz = inputs[:2]
+    ctx.geom = ConvGeom.from_op_args(*inputs[3:9])
+    ctx.save_for_backward(x, dz)
+
+
+def _wgrad_backward(ctx, gw):
+    """<G, dw(x, dz)> = <dz, conv(x, G)>: d/d(dz) = conv(x, G), d/dx = adjoint(dz, G)."""
+    x, dz = ctx.saved_tensors
+    gw = gw.to(x.dtype)
+    d_x = _input_grad(dz, gw, ctx.geom, x.shape[2:]) if ctx.needs_input_grad[0] else None
+    d_dz = _conv_act(x, gw, None, ctx.geom, _IDENTITY) if ctx.needs_input_grad[1] else None
+    return (d_x, d_dz) + (None,) * 7
+
+
+CONV_WEIGHT_GRAD = FusedOp("conv_weight_grad", _wgrad_forward, lambda x, dz, w, *rest: torch.empty_like(w),
+                           _wgrad_setup, _wgrad_backward)
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        value = (value, value)
-    elif isinstance(value, (tuple, list, torch.Size)):
-        value = tuple(value)
-        if len(value) == 1:
-            value = value * 2
-        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__}")
-    if min(value) < minimum:
-        bound = "positive" if minimum == 1 else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
-
 
 def _check_tensors(x, weight, bias):
     if not isinstance(x, torch.Tensor):
@@ -278,92 +218,51 @@ def _check_tensors(x, weight, bias):
             raise ValueError(f"bias must be on x's device {x.device}, got {bias.device}")
 
 
-def _check_groups(groups):
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
-    if groups <= 0:
-        raise ValueError(f"groups must be positive, got {groups}")
+def _same_padding(padding, stride, dilation, weight):
+    """Resolve padding='valid' / 'same' (symmetric only) to pixels, as F.conv2d does."""
+    if padding == "valid":
+        return 0
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    if ConvGeom.of(False, stride).stride != (1, 1):
+        raise ValueError("padding='same' requires stride 1")
+    total = [d * (k - 1) for d, k in zip(ConvGeom.of(False, dilation=dilation).dilation, weight.shape[2:])]
+    if total[0] % 2 or total[1] % 2:
+        raise ValueError("padding='same' needs asymmetric padding for this kernel size/dilation, "
+                         "which conv2d_act does not support; pad x explicitly")
+    return (total[0] // 2, total[1] // 2)
 
 
-def _check_bias_len(bias, cout):
+def _check(x, weight, bias, geom: ConvGeom) -> ConvGeom:
+    """Shapes of x, weight and bias against the geometry; returns it."""
+    cin, groups = x.shape[-3], geom.groups
+    if geom.transposed:
+        if weight.shape[0] != cin:
+            raise ValueError(f"x has {cin} channels but weight.shape[0] = {weight.shape[0]} "
+                             "(conv_transpose2d weights are [in_channels, out_channels / groups, kH, kW])")
+        if cin % groups:
+            raise ValueError(f"groups={groups} must divide in_channels = x.shape[1] = {cin}")
+        cout = weight.shape[1] * groups
+    else:
+        cout = weight.shape[0]
+        if cout % groups:
+            raise ValueError(f"groups={groups} must divide out_channels = weight.shape[0] = {cout}")
+        if cin % groups:
+            raise ValueError(f"groups={groups} must divide in_channels = x.shape[1] = {cin}")
+        if weight.shape[1] * groups != cin:
+            raise ValueError(f"x has {cin} channels but weight expects weight.shape[1] * groups = "
+                             f"{weight.shape[1]} * {groups} = {weight.shape[1] * groups}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
         raise ValueError(f"bias must be 1-d of length out_channels = {cout}, got shape {tuple(bias.shape)}")
+    kernel = tuple(weight.shape[2:])
+    if min(kernel) == 0:
+        raise ValueError(f"weight kernel size must be positive, got {kernel}")
+    out = geom.output_hw(tuple(x.shape[-2:]), kernel)
+    if min(out) <= 0:
+        raise ValueError(f"output size {out} is not positive for input {tuple(x.shape[-2:])}, kernel {kernel}, "
+                         f"stride {geom.stride}, padding {geom.padding} and dilation {geom.dilation}")
+    return geom
 
-
-def _check_conv2d(x, weight, bias, stride, padding, dilation, groups) -> ConvGeom:
-    _check_tensors(x, weight, bias)
-    _check_groups(groups)
-    stride = _pair(stride, "stride", 1)
-    dilation = _pair(dilation, "dilation", 1)
-    kh, kw = weight.shape[2], weight.shape[3]
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0, 0)
-        elif padding == "same":
-            if stride != (1, 1):
-                raise ValueError("padding='same' requires stride 1")
-            tot = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
-            if tot[0] % 2 or tot[1] % 2:
-                raise ValueError("padding='same' needs asymmetric padding for this kernel size/dilation, "
-                                 "which conv2d_act does not support; pad x explicitly")
-            padding = (tot[0] // 2, tot[1] // 2)
-        else:
-            raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    padding = _pair(padding, "padding", 0)
-    cin, cout = x.shape[-3], weight.shape[0]
-    if cout % groups:
-        raise ValueError(f"groups={groups} must divide out_channels = weight.shape[0] = {cout}")
-    if cin % groups:
-        raise ValueError(f"groups={groups} must divide in_channels = x.shape[1] = {cin}")
-    if weight.shape[1] * groups != cin:
-        raise ValueError(f"x has {cin} channels but weight expects weight.shape[1] * groups = "
-                         f"{weight.shape[1]} * {groups} = {weight.shape[1] * groups}")
-    _check_bias_len(bias, cout)
-    if kh == 0 or kw == 0:
-        raise ValueError(f"weight kernel size must be positive, got {(kh, kw)}")
-    h, w = x.shape[-2], x.shape[-1]
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"output size {(oh, ow)} is not positive: input {(h, w)} is too small for kernel "
-                         f"{(kh, kw)} with padding {padding} and dilation {dilation}")
-    return ConvGeom(False, stride, padding, dilation, groups)
-
-
-def _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation) -> ConvGeom:
-    _check_tensors(x, weight, bias)
-    _check_groups(groups)
-    stride = _pair(stride, "stride", 1)
-    dilation = _pair(dilation, "dilation", 1)
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be an int or a pair of ints for conv_transpose2d_act, got {padding!r}")
-    padding = _pair(padding, "padding", 0)
-    output_padding = _pair(output_padding, "output_padding", 0)
-    for i in range(2):
-        if output_padding[i] >= stride[i] and output_padding[i] >= dilation[i]:
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                             f"output_padding={output_padding}, stride={stride}, dilation={dilation}")
-    cin = x.shape[-3]
-    if weight.shape[0] != cin:
-        raise ValueError(f"x has {cin} channels but weight.shape[0] = {weight.shape[0]} "
-                         "(conv_transpose2d weights are [in_channels, out_channels / groups, kH, kW])")
-    if cin % groups:
-        raise ValueError(f"groups={groups} must divide in_channels = x.shape[1] = {cin}")
-    cout = weight.shape[1] * groups
-    _check_bias_len(bias, cout)
-    kh, kw = weight.shape[2], weight.shape[3]
-    if kh == 0 or kw == 0:
-        raise ValueError(f"weight kernel size must be positive, got {(kh, kw)}")
-    h, w = x.shape[-2], x.shape[-1]
-    oh = (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + output_padding[0] + 1
-    ow = (w - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + output_padding[1] + 1
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"output size {(oh, ow)} is not positive for input {(h, w)}, kernel {(kh, kw)}, "
-                         f"stride {stride}, padding {padding}")
-    return ConvGeom(True, stride, padding, dilation, groups, output_padding)
-
-
-# ----------------------------------------------------------------------------- public API
 
 def _autocast_args(x, weight, bias):
     """Under autocast, convolutions run in the autocast dtype (as F.conv2d does)."""
@@ -372,9 +271,7 @@ def _autocast_args(x, weight, bias):
     dev = x.device.type
     if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
         return x, weight, bias
-    get = getattr(torch, "get_autocast_dtype", None)
-    dtype = get(dev) if get is not None else (
-        torch.get_autocast_gpu_dtype() if dev == "cuda" else torch.get_autocast_cpu_dtype())
+    dtype = torch.get_autocast_dtype(dev)
 
     def cast(t):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
@@ -383,23 +280,23 @@ def _autocast_args(x, weight, bias):
     return cast(x), cast(weight), cast(bias)
 
 
-def _run(x, weight, bias, geom: ConvGeom, spec: ActSpec, ref):
+# ----------------------------------------------------------------------------- public API
+
+def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp) -> Tensor:
+    spec = resolve_act(act, alpha, gain, clamp)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
-        from .. import library
-        y = library.conv_act(x, weight, bias, geom, spec)
-    elif _backend.backend_for(x, weight) == "eager":
-        y = ref(x)
+    if _backend.backend_for(x, weight) == "eager":
+        y = _conv_act_ref(x, weight, bias, geom, spec)
     else:
-        y = _conv_apply(x, weight, bias, geom, spec, honor_nwg=True)
+        y = _conv_act(x, weight, bias, geom, spec)
     return y.squeeze(0) if unbatched else y
 
 
-def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
-               padding=0, dilation=1, groups: int = 1, act: str = "linear", alpha: float | None = None,
-               gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
+def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0, dilation=1,
+               groups: int = 1, act: str = "linear", alpha: Optional[float] = None, gain: Optional[float] = None,
+               clamp: Optional[float] = None) -> Tensor:
     """``bias_act(F.conv2d(x, weight, stride=..., ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     Args:
@@ -416,17 +313,17 @@ def conv2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     arguments are cast to the autocast dtype first (as F.conv2d).
     """
     x, weight, bias = _autocast_args(x, weight, bias)
-    geom = _check_conv2d(x, weight, bias, stride, padding, dilation, groups)
-    spec = resolve_act(act, alpha, gain, clamp)
-    return _run(x, weight, bias, geom, spec,
-                lambda x4: _conv2d_act_ref(x4, weight, bias, geom.stride, geom.padding, geom.dilation,
-                                           geom.groups, spec))
+    _check_tensors(x, weight, bias)
+    if isinstance(padding, str):
+        padding = _same_padding(padding, stride, dilation, weight)
+    geom = _check(x, weight, bias, ConvGeom.of(False, stride, padding, dilation, groups))
+    return _run(x, weight, bias, geom, act, alpha, gain, clamp)
 
 
-def conv_transpose2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                         stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1,
-                         act: str = "linear", alpha: float | None = None, gain: float | None = None,
-                         clamp: float | None = None) -> torch.Tensor:
+def conv_transpose2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+                         output_padding=0, groups: int = 1, dilation=1, act: str = "linear",
+                         alpha: Optional[float] = None, gain: Optional[float] = None,
+                         clamp: Optional[float] = None) -> Tensor:
     """``bias_act(F.conv_transpose2d(x, weight, ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     weight is [Cin, Cout / groups, kH, kW] (torch's transposed layout); the other arguments
@@ -434,8 +331,8 @@ def conv_transpose2d_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     groups, dilation). The transposed convolution never builds a zero-inserted input.
     """
     x, weight, bias = _autocast_args(x, weight, bias)
-    geom = _check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
-    spec = resolve_act(act, alpha, gain, clamp)
-    return _run(x, weight, bias, geom, spec,
-                lambda x4: _conv_transpose2d_act_ref(x4, weight, bias, geom.stride, geom.padding,
-                                                     geom.output_padding, geom.groups, geom.dilation, spec))
+    _check_tensors(x, weight, bias)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int or a pair of ints for conv_transpose2d_act, got {padding!r}")
+    geom = _check(x, weight, bias, ConvGeom.of(True, stride, padding, dilation, groups, output_padding))
+    return _run(x, weight, bias, geom, act, alpha, gain, clamp)

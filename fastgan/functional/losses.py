@@ -15,105 +15,123 @@ lsgan      0.5 (r - 1)^2 + 0.5 f^2                0.5 (f - 1)^2
 lsgan uses the LSGAN paper's 0-1 coding (a = 0 for fake, b = c = 1 for real) with the 1/2
 factor of its objective; ``ns`` is the logistic loss of StyleGAN (softplus of logits).
 
-The fused path (backends "triton" and "interpret") runs one kernel that writes the loss and
-the gradient of the loss w.r.t. every logit; backward is the single scale ``grad * dL``.
-The loss is a 0-d float32 tensor for float16/bfloat16/float32 logits (accumulation in
-float32) and float64 for float64 logits; the eager reference follows the same rule.
-Nothing is read back to the host, so the losses can be captured in a CUDA graph.
-Losses are differentiable once (a second-order gradient raises).
+``LOSS_TERMS`` (below) is the one table of pointwise terms: it defines the reference and names
+the kernel's terms (``fastgan.kernels.losses`` implements each name and its derivative).
+
+The fused path runs one op, ``fastgan::gan_loss`` -> (loss, dL/dreal, dL/dfake): one kernel
+writes the loss and the gradient w.r.t. every logit; its backward is the op
+``gan_loss_backward`` (the scale ``grad * dL``), which is not differentiable: losses are
+differentiable once, and a second-order gradient raises. The loss is a 0-d float32 tensor
+(float64 for float64 logits); the eager reference follows the same rule. Nothing is read back
+to the host, so the losses can be captured in a CUDA graph.
 """
-from __future__ import annotations
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from .. import backend as _backend
+from .fused_op import FusedOp
 
-__all__ = ["LOSS_KINDS", "d_loss", "g_loss"]
+__all__ = ["LOSS_KINDS", "LOSS_TERMS", "d_loss", "g_loss"]
 
-LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan")
-
-# kind -> (term of the real logits, term of the fake logits) in fastgan.kernels.LOSS_TERMS
-_D_TERMS = {
-    "ns": ("softplus_neg", "softplus"),
-    "minimax": ("softplus_neg", "softplus"),
-    "hinge": ("hinge_real", "hinge_fake"),
-    "wgan": ("neg", "identity"),
-    "lsgan": ("half_sq_m1", "half_sq"),
+# term name -> its reference (plain torch); the kernel implements the same names
+LOSS_TERMS = {
+    "softplus_neg": lambda z: F.softplus(-z),
+    "softplus": F.softplus,
+    "neg_softplus": lambda z: -F.softplus(z),
+    "hinge_real": lambda z: F.relu(1 - z),
+    "hinge_fake": lambda z: F.relu(1 + z),
+    "neg": lambda z: -z,
+    "identity": lambda z: z,
+    "half_sq_m1": lambda z: 0.5 * (z - 1) ** 2,
+    "half_sq": lambda z: 0.5 * z ** 2,
 }
-_G_TERMS = {
-    "ns": "softplus_neg",
-    "minimax": "neg_softplus",
-    "hinge": "neg",
-    "wgan": "neg",
-    "lsgan": "half_sq_m1",
+
+# kind -> ((term of the real logits, term of the fake logits) of d_loss, term of g_loss)
+_KINDS = {
+    "ns": (("softplus_neg", "softplus"), "softplus_neg"),
+    "minimax": (("softplus_neg", "softplus"), "neg_softplus"),
+    "hinge": (("hinge_real", "hinge_fake"), "neg"),
+    "wgan": (("neg", "identity"), "neg"),
+    "lsgan": (("half_sq_m1", "half_sq"), "half_sq_m1"),
 }
+LOSS_KINDS = tuple(_KINDS)
+_D_TERMS = {kind: d for kind, (d, g) in _KINDS.items()}
+_G_TERMS = {kind: g for kind, (d, g) in _KINDS.items()}
 
 
 # ----------------------------------------------------------------------------- reference
 
-def _acc(x: torch.Tensor) -> torch.Tensor:
+def _acc(x: Tensor) -> Tensor:
     """Flat logits in the accumulation dtype (float32, or float64 for float64)."""
     x = x.reshape(-1)
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _ref_term(z: torch.Tensor, term: str) -> torch.Tensor:
-    if term == "softplus_neg":
-        return F.softplus(-z)
-    if term == "softplus":
-        return F.softplus(z)
-    if term == "neg_softplus":
-        return -F.softplus(z)
-    if term == "hinge_real":
-        return F.relu(1 - z)
-    if term == "hinge_fake":
-        return F.relu(1 + z)
-    if term == "neg":
-        return -z
-    if term == "identity":
-        return z
-    if term == "half_sq_m1":
-        return 0.5 * (z - 1) ** 2
-    return 0.5 * z ** 2
+def _ref_term(z: Tensor, term: str) -> Tensor:
+    return LOSS_TERMS[term](z)
 
 
-def _d_loss_ref(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
+def _d_loss_ref(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns") -> Tensor:
     """The eager definition of ``d_loss``: plain torch ops, float32 (float64) accumulation."""
     real_term, fake_term = _D_TERMS[kind]
     return _ref_term(_acc(real_logits), real_term).mean() + _ref_term(_acc(fake_logits), fake_term).mean()
 
 
-def _g_loss_ref(fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
+def _g_loss_ref(fake_logits: Tensor, kind: str = "ns") -> Tensor:
     """The eager definition of ``g_loss``."""
     return _ref_term(_acc(fake_logits), _G_TERMS[kind]).mean()
 
 
 # ----------------------------------------------------------------------------- fused
 
-class _GanLoss(torch.autograd.Function):
-    """(real or None, fake) -> mean t_real(real) + mean t_fake(fake); gradients saved by the forward."""
+def _loss_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def forward(ctx, real, fake, real_term, fake_term):
-        kernels = _backend.kernels()
-        loss, d_real, d_fake = kernels.gan_loss(real, fake, real_term, fake_term)
-        ctx.save_for_backward(d_real, d_fake)
-        ctx.real_shape = real.shape if real is not None else None
-        ctx.fake_shape = fake.shape
-        return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_loss):
-        d_real, d_fake = ctx.saved_tensors
-        g_real = g_fake = None
-        if ctx.needs_input_grad[0]:
-            g_real = (d_real * d_loss).reshape(ctx.real_shape)
-        if ctx.needs_input_grad[1]:
-            g_fake = (d_fake * d_loss).reshape(ctx.fake_shape)
-        return g_real, g_fake, None, None
+def _fake(real, fake, real_term, fake_term):
+    d_real = fake.new_empty((0,)) if real is None else real.new_empty((real.numel(),))
+    return fake.new_empty((), dtype=_loss_dtype(fake)), d_real, fake.new_empty((fake.numel(),))
+
+
+def _forward(real: Optional[Tensor], fake: Tensor, real_term: Optional[str],
+             fake_term: str) -> tuple[Tensor, Tensor, Tensor]:
+    loss, d_real, d_fake = _backend.kernels().gan_loss(real, fake, real_term, fake_term)
+    return loss, (fake.new_empty((0,)) if d_real is None else d_real), d_fake
+
+
+def _setup(ctx, inputs, output):
+    real, fake, _, _ = inputs
+    # saved as (differentiable) outputs: a second derivative then reaches gan_loss_backward,
+    # which raises, instead of silently returning zeros
+    ctx.save_for_backward(output[1], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.real_shape = real.shape if real is not None else None
+    ctx.fake_shape = fake.shape
+
+
+def _backward(ctx, d_loss, _d_real, _d_fake):
+    if d_loss is None:
+        return None, None, None, None
+    d_real, d_fake = ctx.saved_tensors
+    g_real, g_fake = GAN_LOSS_BACKWARD(d_loss, d_real, d_fake)
+    g_real = g_real.reshape(ctx.real_shape) if ctx.real_shape is not None and ctx.needs_input_grad[0] else None
+    g_fake = g_fake.reshape(ctx.fake_shape) if ctx.needs_input_grad[1] else None
+    return g_real, g_fake, None, None
+
+
+GAN_LOSS = FusedOp("gan_loss", _forward, _fake, _setup, _backward)
+
+
+def _backward_forward(d_loss: Tensor, d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
+    return d_real * d_loss, d_fake * d_loss
+
+
+GAN_LOSS_BACKWARD = FusedOp("gan_loss_backward", _backward_forward,
+                            lambda d_loss, d_real, d_fake: (torch.empty_like(d_real), torch.empty_like(d_fake)),
+                            limit="the GAN losses support gradients up to first order")
 
 
 # ----------------------------------------------------------------------------- public
@@ -134,7 +152,7 @@ def _check_logits(x, name: str) -> None:
                          f"got shape {tuple(x.shape)}")
 
 
-def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
+def d_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns") -> Tensor:
     """Discriminator loss: mean over the real batch + mean over the fake batch (table above).
 
     Args:
@@ -159,16 +177,12 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "ns
     if real_logits.device != fake_logits.device:
         raise ValueError(f"real_logits and fake_logits must be on one device, got {real_logits.device} "
                          f"and {fake_logits.device}")
-    real_term, fake_term = _D_TERMS[kind]
-    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
-        from .. import library
-        return library.gan_loss(real_logits, fake_logits, real_term, fake_term)
     if _backend.backend_for(real_logits, fake_logits) == "eager":
         return _d_loss_ref(real_logits, fake_logits, kind)
-    return _GanLoss.apply(real_logits, fake_logits, real_term, fake_term)
+    return GAN_LOSS(real_logits, fake_logits, *_D_TERMS[kind])[0]
 
 
-def g_loss(fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
+def g_loss(fake_logits: Tensor, kind: str = "ns") -> Tensor:
     """Generator loss: mean over the fake batch of the kind's G term (table above).
 
     ``kind="ns"`` is the non-saturating softplus(-f); "minimax" is the original
@@ -178,9 +192,6 @@ def g_loss(fake_logits: torch.Tensor, kind: str = "ns") -> torch.Tensor:
     """
     _check_kind(kind)
     _check_logits(fake_logits, "fake_logits")
-    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
-        from .. import library
-        return library.gan_loss(None, fake_logits, None, _G_TERMS[kind])
     if _backend.backend_for(fake_logits) == "eager":
         return _g_loss_ref(fake_logits, kind)
-    return _GanLoss.apply(None, fake_logits, None, _G_TERMS[kind])
+    return GAN_LOSS(None, fake_logits, None, _G_TERMS[kind])[0]

@@ -24,15 +24,14 @@ Nothing here reads a tensor on the host (no ``.item()``, no ``bool(tensor)``, no
 checks; eps is drawn on the device with ``torch.rand``), so a penalty step can be captured
 in a CUDA graph. Validation looks at shapes, dtypes and Python arguments only.
 """
-from __future__ import annotations
-
 import math
 from typing import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from .. import backend as _backend
+from .fused_op import FusedOp, fresh_like
 from .gradfix import no_weight_gradients
 
 __all__ = ["PENALTY_KINDS", "gradient_penalty", "lazy_regularization", "lazy_adam_hparams"]
@@ -90,30 +89,48 @@ def _gradient_penalty_ref(D: Callable, real: torch.Tensor, fake: torch.Tensor | 
 
 # ----------------------------------------------------------------------------- fused
 
-class _GradPenalty(torch.autograd.Function):
-    """grad [N, ...] -> P = sum_n weight * term(||grad[n]||); one reduction kernel forward,
-    one pointwise kernel backward (first order)."""
-
-    @staticmethod
-    def forward(ctx, grad, kind, weight, center):
-        kernels = _backend.kernels()
-        penalty, coef = kernels.grad_penalty_fwd(grad, kind, weight, center)
-        ctx.save_for_backward(grad, coef)
-        return penalty
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_penalty):
-        grad, coef = ctx.saved_tensors
-        kernels = _backend.kernels()
-        return kernels.grad_penalty_bwd(d_penalty, grad, coef), None, None, None
+def _interpolate_forward(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
+    return fresh_like(_backend.kernels().interpolate(real, fake, eps), real)
 
 
-def _penalty_fused(grad: torch.Tensor, kind: str, gamma: float, center: float) -> torch.Tensor:
-    if torch.compiler.is_compiling():  # one opaque node for torch.compile (fastgan.library)
-        from .. import library
-        return library.grad_penalty(grad, kind, _weight(kind, gamma, grad.shape[0]), center)
-    return _GradPenalty.apply(grad, kind, _weight(kind, gamma, grad.shape[0]), center)
+# the penalty's inputs are detached: the interpolation needs no backward
+INTERPOLATE = FusedOp("interpolate", _interpolate_forward, lambda real, fake, eps: torch.empty_like(real),
+                      limit="the interpolation takes detached inputs and has no gradient")
+
+
+def _penalty_fake(grad, kind, weight, center):
+    return grad.new_empty((), dtype=_acc_dtype(grad)), grad.new_empty((grad.shape[0],), dtype=_acc_dtype(grad))
+
+
+def _penalty_forward(grad: Tensor, kind: str, weight: float, center: float) -> tuple[Tensor, Tensor]:
+    """(P, coef): P = sum_n weight * term(||grad[n]||), coef[n] what the backward scales grad[n] by."""
+    return _backend.kernels().grad_penalty_fwd(grad, kind, weight, center)
+
+
+def _penalty_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])  # coef as an output: a derivative through it raises
+    ctx.set_materialize_grads(False)
+
+
+def _penalty_backward(ctx, d_penalty, _d_coef):
+    if d_penalty is None:
+        return None, None, None, None
+    grad, coef = ctx.saved_tensors
+    return GRAD_PENALTY_BACKWARD(d_penalty, grad, coef), None, None, None
+
+
+GRAD_PENALTY = FusedOp("grad_penalty", _penalty_forward, _penalty_fake, _penalty_setup, _penalty_backward)
+
+
+def _penalty_backward_forward(d_penalty: Tensor, grad: Tensor, coef: Tensor) -> Tensor:
+    """dgrad[n] = d_penalty * coef[n] * grad[n] (one pointwise kernel)."""
+    return fresh_like(_backend.kernels().grad_penalty_bwd(d_penalty, grad, coef), grad)
+
+
+GRAD_PENALTY_BACKWARD = FusedOp("grad_penalty_backward", _penalty_backward_forward,
+                                lambda d_penalty, grad, coef: torch.empty_like(grad),
+                                limit="the penalty term supports gradients up to first order (the second "
+                                      "backward reaches D's parameters through the graph of grad)")
 
 
 # ----------------------------------------------------------------------------- public
@@ -230,9 +247,8 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
     if _backend.backend_for(real, fake if kind != "r1" else None) == "eager":
         penalty, logits = _gradient_penalty_ref(D, real, fake, kind, gamma, center, eps, d_kwargs)
     else:
-        kernels = _backend.kernels()
         if kind == "wgan-gp":
-            x = kernels.interpolate(real.detach(), fake.detach(), eps.detach())
+            x = INTERPOLATE(real.detach(), fake.detach(), eps.detach())
         else:
             x = (real if kind == "r1" else fake).detach()
         x = x.requires_grad_(True)
@@ -241,7 +257,7 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
                 logits = D(x, **d_kwargs)
                 _check_logits(logits, n)
                 (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-            penalty = _penalty_fused(grad, kind, gamma, center)
+            penalty = GRAD_PENALTY(grad, kind, _weight(kind, gamma, n), center)[0]
     return (penalty, logits) if return_logits else penalty
 
 

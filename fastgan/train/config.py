@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
 PENALTIES = ("none", "r1", "wgan-gp")
 DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
+# the defaults that depend on the device (fields left None): a run a CPU finishes in minutes
+DEVICE_DEFAULTS = {"cuda": {"g_width": 64, "d_width": 64, "steps": 10000},
+                   "cpu": {"g_width": 32, "d_width": 32, "steps": 1500}}
+WGAN_BETAS, DEFAULT_BETAS = (0.0, 0.9), (0.5, 0.999)  # Adam: the WGAN-GP paper's, and DCGAN's
+
+
+def _on_cuda(device) -> bool:
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string (auto, cpu, cuda or cuda:N), got {device!r}")
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 @dataclass
@@ -18,8 +32,8 @@ class TrainConfig:
     workers: int | None = None       # DataLoader workers (None: 0 for in-memory data, up to 8 for image folders)
     # models
     z_dim: int = 128
-    g_width: int = 64
-    d_width: int = 64
+    g_width: int | None = None       # None: DEVICE_DEFAULTS (64 on CUDA, 32 on the CPU)
+    d_width: int | None = None
     fused: bool = True               # fastgan.nn modules (False: plain torch modules, same parameters)
     # objective
     loss: str = "ns"                 # ns | hinge | wgan | lsgan
@@ -29,10 +43,10 @@ class TrainConfig:
     n_critic: int = 1                # D steps per G step
     # optimisation
     batch_size: int = 64
-    steps: int = 1500                # G steps
+    steps: int | None = None         # G steps (None: 10000 on CUDA, 1500 on the CPU)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
-    betas: tuple = (0.5, 0.999)
+    betas: tuple | None = None       # None: (0.0, 0.9) with wgan / wgan-gp (the WGAN-GP paper), else (0.5, 0.999)
     ema_decay: float = 0.999         # EMA of G's weights, used for samples
     # runtime
     seed: int = 0
@@ -48,6 +62,11 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name, value in DEVICE_DEFAULTS["cuda" if _on_cuda(self.device) else "cpu"].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.betas is None:
+            self.betas = WGAN_BETAS if self.loss == "wgan" or self.penalty == "wgan-gp" else DEFAULT_BETAS
         self.betas = tuple(self.betas)
         self.validate()
 
@@ -89,6 +108,12 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field's default (None where it is resolved per device or objective)."""
+        return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -61,8 +61,8 @@ What stays outside the graphs, and how the trainer handles it:
 When capture is impossible the trainer warns and runs eager steps (same results):
 
 - ``cuda_graphs=True needs a CUDA device; running eager steps`` (CPU);
-- data-parallel runs (world_size > 1), models with hooks, BatchNorm with ``momentum=None``,
-  a torch without ``CUDAGraph.register_generator_state`` (see ``graph_blocker``).
+- data-parallel runs (world_size > 1), models with hooks, BatchNorm with ``momentum=None``
+  (see ``graph_blocker``).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["capture_step", "CapturedStep", "CaptureError", "StepGraphs", "graph_blocker", "AsyncStats",
+__all__ = ["capture_step", "CapturedStep", "CaptureError", "TrainerGraphs", "graph_blocker", "AsyncStats",
            "make_optimizer_capturable_", "portable_optimizer_state", "load_optimizer_state_inplace_",
            "CPU_FALLBACK_MESSAGE", "CAPTURE_STEP_CPU_MESSAGE", "WARMUP_STEPS"]
 
@@ -117,12 +117,6 @@ def _root_cause(exc: BaseException) -> BaseException:
         seen.add(id(exc))
         exc = exc.__context__
     return exc
-
-
-def generator_registration_supported() -> bool:
-    """Whether this torch can register a custom CUDA generator with a graph (torch >= 2.4)."""
-    graph_cls = getattr(torch.cuda, "CUDAGraph", None)
-    return graph_cls is not None and hasattr(graph_cls, "register_generator_state")
 
 
 # ----------------------------------------------------------------------------- CapturedStep
@@ -187,10 +181,6 @@ class CapturedStep:
             if g.device.type != "cuda":
                 raise ValueError(f"{self.name}: generator on {g.device} cannot feed a CUDA graph; "
                                  "use a torch.Generator(device='cuda')")
-        if self.generators and not generator_registration_supported():
-            raise CaptureError(f"{self.name}: this torch ({torch.__version__}) cannot register a custom "
-                               "torch.Generator with a CUDA graph (CUDAGraph.register_generator_state, "
-                               "torch >= 2.4); draw from the default CUDA generator instead")
         if isinstance(pool, CapturedStep):
             if not pool.graphed:
                 raise ValueError(f"{self.name}: pool= names an eager (CPU) CapturedStep")
@@ -348,30 +338,135 @@ def capture_step(fn: Callable, *example_inputs: torch.Tensor, warmup: int = WARM
 
 # ----------------------------------------------------------------------------- trainer support
 
-class StepGraphs:
-    """The trainer's captured steps ("d", "d_r1", "g"), created lazily, sharing one memory
-    pool and one side stream. Each kind warms up ``warmup`` times, then is captured."""
+class TrainerGraphs:
+    """The trainer's steps as CUDA graphs: "d", "d_r1" (the D step with lazy R1) and "g" (the G
+    step with the EMA update), each created on first use, warmed up ``warmup`` times, then
+    captured; all share one memory pool and one side stream. Holds what lives outside the
+    graphs: the static real batch they read, the stats vector they write and the tensor
+    learning rates of the capturable optimizers (``Trainer.set_lr`` fills them in place)."""
 
-    def __init__(self, device: torch.device, generators=(), warmup: int = WARMUP_STEPS,
-                 before_capture: Callable[[], None] | None = None):
-        self.device, self.generators, self.warmup, self.before_capture = device, tuple(generators), warmup, \
-            before_capture
+    def __init__(self, trainer, stat_names: tuple[tuple[str, ...], tuple[str, ...]], warmup: int = WARMUP_STEPS):
+        self.trainer, self.warmup = trainer, warmup
+        self.d_names, self.g_names = stat_names
         self.steps: dict[str, CapturedStep] = {}
         self._first: CapturedStep | None = None
-
-    def run(self, kind: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        step = self.steps.get(kind)
-        if step is None:
-            step = CapturedStep(fn, (), warmup=self.warmup, pool=self._first, generators=self.generators,
-                                device=self.device, name=f"cuda_graphs {kind} step",
-                                before_capture=self.before_capture)
-            self.steps[kind] = step
-            self._first = self._first or step
-        return step()
+        self.lrs = (trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])
+        self.static_real: torch.Tensor | None = None
+        self.n: int | None = None  # the G step's batch, fixed at the first G step
+        self.stats = torch.zeros(len(self.d_names) + len(self.g_names), device=trainer.device)
+        self.last_stats: torch.Tensor | None = None  # a copy of ``stats`` after the last train_step
 
     @property
     def captured(self) -> list[str]:
         return sorted(k for k, s in self.steps.items() if s.captured)
+
+    def run(self, kind: str, fn: Callable[[], None]) -> None:
+        step = self.steps.get(kind)
+        if step is None:
+            step = CapturedStep(fn, (), warmup=self.warmup, pool=self._first, generators=(self.trainer.noise,),
+                                device=self.trainer.device, name=f"cuda_graphs {kind} step",
+                                before_capture=self.check_capturable)
+            self.steps[kind] = step
+            self._first = self._first or step
+        step()
+
+    # -- the steps
+
+    def d_step(self, real: torch.Tensor) -> dict:
+        self._d_replay(real)
+        return dict(zip(self.d_names, self.stats[:len(self.d_names)].clone().unbind()))
+
+    def g_step(self, n: int) -> dict:
+        self._g_replay(n)
+        return dict(zip(self.g_names, self.stats[len(self.d_names):].clone().unbind()))
+
+    def train_step(self, reals) -> dict:
+        """n_critic D replays and one G replay; the stats as views of one fresh vector."""
+        for real in reals:
+            self._d_replay(real)
+        self._g_replay(reals[0].shape[0])
+        self.last_stats = self.stats.clone()
+        return dict(zip(self.d_names + self.g_names, self.last_stats.unbind()))
+
+    def _d_replay(self, real: torch.Tensor) -> None:
+        tr = self.trainer
+        self.check_lr()
+        self.copy_real(real)
+        r1 = tr._r1_due()
+        buf = self.stats[:len(self.d_names)]
+
+        def d_graph_step():
+            stats = tr._d_update(self.static_real, r1, set_to_none=False)
+            buf.copy_(torch.stack([stats[k].float() for k in self.d_names]))
+
+        self.run("d_r1" if r1 else "d", d_graph_step)
+        tr.d_steps += 1
+
+    def _g_replay(self, n: int) -> None:
+        if self.n is None:
+            self.n = n
+        elif n != self.n:
+            raise ValueError(f"cuda_graphs: G step batch {n} differs from the captured batch {self.n}")
+        buf = self.stats[len(self.d_names):]
+
+        def g_graph_step():
+            stats = self.trainer._g_update(self.n, set_to_none=False)
+            buf.copy_(torch.stack([stats[k].float() for k in self.g_names]))
+
+        self.run("g", g_graph_step)
+
+    # -- what the graphs read
+
+    def copy_real(self, real: torch.Tensor) -> None:
+        """Copy a real batch into the static input buffer that the D graphs read."""
+        device = self.trainer.device
+        if not isinstance(real, torch.Tensor):
+            raise TypeError(f"a real batch must be a torch.Tensor, got {type(real).__name__}")
+        if real.device.type != "cpu" and (real.device.type != device.type or
+                                          device.index not in (None, real.device.index)):
+            raise ValueError(f"cuda_graphs: real batch on {real.device}; expected the CPU or {device}")
+        static = self.static_real
+        if static is None:
+            if not real.is_floating_point():
+                raise TypeError(f"a real batch must be floating point, got {real.dtype}")
+            # the layout Trainer.to_device gives the eager steps, so that both run the same kernels
+            layout = torch.channels_last if device.type == "cuda" and real.dim() == 4 else torch.contiguous_format
+            static = self.static_real = torch.empty(real.shape, dtype=real.dtype, device=device,
+                                                    memory_format=layout)
+        elif real.shape != static.shape:
+            raise ValueError(f"cuda_graphs: real batch of shape {tuple(real.shape)} differs from the captured "
+                             f"shape {tuple(static.shape)}; CUDA graphs replay fixed shapes (the trainer's "
+                             "sampler drops incomplete batches: pass full batches of batch_size)")
+        elif real.dtype != static.dtype:
+            raise TypeError(f"cuda_graphs: real batch of dtype {real.dtype} differs from the captured dtype "
+                            f"{static.dtype}")
+        static.copy_(real, non_blocking=True)
+
+    def check_lr(self) -> None:
+        tr = self.trainer
+        for opt, lr, name in ((tr.opt_g, self.lrs[0], "opt_g"), (tr.opt_d, self.lrs[1], "opt_d")):
+            if opt.param_groups[0]["lr"] is not lr:
+                raise RuntimeError(f"{name}.param_groups[0]['lr'] was replaced, but the captured CUDA graphs read "
+                                   "the original tensor; change learning rates with Trainer.set_lr (in place)")
+
+    def check_capturable(self) -> None:
+        """Called right before each capture: hooks added after construction are an error."""
+        tr = self.trainer
+        why = graph_blocker(tr.device, tr.dist.world_size, {"G": tr.G, "D": tr.D})
+        if why:
+            raise CaptureError(why.replace("; running eager steps", "") +
+                               "; cannot capture this step (remove the cause or use cuda_graphs=False)")
+        self.check_lr()
+
+    def load_optimizers(self, state_g: dict, state_d: dict) -> None:
+        """Load optimizer states by copying into the tensors the graphs may hold."""
+        tr = self.trainer
+        for opt, state, lr in ((tr.opt_g, state_g, self.lrs[0]), (tr.opt_d, state_d, self.lrs[1])):
+            if opt.state:
+                load_optimizer_state_inplace_(opt, state)
+            else:
+                opt.load_state_dict(state)
+                make_optimizer_capturable_(opt, lr)
 
 
 def _hooked(module: torch.nn.Module) -> str | None:
@@ -395,8 +490,7 @@ def _global_hooks() -> str | None:
     return None
 
 
-def graph_blocker(device: torch.device, world_size: int = 1, modules: dict | None = None,
-                  need_generator_registration: bool = True) -> str | None:
+def graph_blocker(device: torch.device, world_size: int = 1, modules: dict | None = None) -> str | None:
     """Why the trainer's steps cannot be captured (a warning message ending in "running eager
     steps"), or None. Looks at arguments and Python state only (no CUDA call)."""
     if torch.device(device).type != "cuda":
@@ -404,9 +498,6 @@ def graph_blocker(device: torch.device, world_size: int = 1, modules: dict | Non
     if world_size > 1:
         return (f"cuda_graphs=True is not supported for data-parallel runs (world_size {world_size}); "
                 "running eager steps")
-    if need_generator_registration and not generator_registration_supported():
-        return (f"cuda_graphs=True needs torch.cuda.CUDAGraph.register_generator_state (torch >= 2.4) to replay "
-                f"the seeded noise generator, and torch {torch.__version__} lacks it; running eager steps")
     why = _global_hooks()
     if why:
         return f"cuda_graphs=True: {why} (a hook would run once, at capture, not on replays); running eager steps"

@@ -20,6 +20,7 @@ generators, so the graphed run consumes the same random numbers as the eager one
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -35,13 +36,15 @@ import torch
 
 from .. import functional as FG
 from ..atomic import atomic_write, atomic_write_json
+from ..backend import backend_for_device, use_backend
 from ..data import load_dataset, make_loader
 from ..models import build_dcgan
-from ..profile import ResourceMonitor
+from ..monitor import ResourceMonitor
 from . import distributed as dist_util
 from . import graphs as graph_util
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .ema import ema_decay_at, ema_update_
 
 LATEST = "checkpoint.pt"
 D_STATS = ("d_loss", "penalty", "d_real", "d_fake", "d_acc")
@@ -57,31 +60,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {name!r}")
     return device
-
-
-@torch.no_grad()
-def ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) copied.
-
-    ``decay`` is a float or a 0-d tensor on the parameters' device (a tensor lets a CUDA graph
-    replay the update with a decay that changes between steps)."""
-    e_params, m_params = list(ema.parameters()), list(model.parameters())
-    if isinstance(decay, torch.Tensor):
-        diff = torch._foreach_sub(m_params, e_params)
-        torch._foreach_mul_(diff, 1.0 - decay)
-        torch._foreach_add_(e_params, diff)
-    else:
-        torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """The EMA decay for G step ``step`` (0-based): min(decay, (1 + step) / (10 + step)).
-
-    Ramping up lets the average follow G early on; a fixed 0.999 would keep G_ema within a
-    few hundred steps of its random initialisation, and early sample grids would show nothing."""
-    return min(decay, (1.0 + step) / (10.0 + step))
 
 
 def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
@@ -145,29 +123,12 @@ class Trainer:
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
-        fused_adam = {"fused": True} if self.device.type == "cuda" else {}
-        self._lr_g = self._lr_d = None  # tensor learning rates of the graphed optimizers
-        if use_graphs:
-            # capturable Adam (fused is capture-safe with it) and a tensor lr: set_lr needs no recapture
-            self._lr_g = torch.tensor(cfg.lr_g, dtype=torch.float32, device=self.device)
-            self._lr_d = torch.tensor(cfg.lr_d, dtype=torch.float32, device=self.device)
-            fused_adam = {"fused": True, "capturable": True}
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=self._lr_g if use_graphs else cfg.lr_g,
-                                      betas=cfg.betas, **fused_adam)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=self._lr_d if use_graphs else cfg.lr_d,
-                                      betas=cfg.betas, **fused_adam)
-        for opt in (self.opt_g, self.opt_d):
-            if use_graphs:  # the warm-up steps run uncaptured by design: no "capturable=True uncaptured" warning
-                opt._warned_capturable_if_run_uncaptured = True
+        self.opt_g = self._adam(self.G, cfg.lr_g, use_graphs)
+        self.opt_d = self._adam(self.D, cfg.lr_d, use_graphs)
         self.noise = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + 1 + self.dist.rank)
-        # graph mode: None when eager; static tensors live outside the graphs' memory pool
-        self.graphs = graph_util.StepGraphs(self.device, (self.noise,), before_capture=self._check_capturable) \
-            if use_graphs else None
-        self._static_real = None
-        self._graph_n = None
-        self._stats_buf = torch.zeros(len(D_STATS) + len(G_STATS), device=self.device) if use_graphs else None
         self._ema_decay = torch.zeros((), device=self.device)  # filled before every G step
-        self._last_stats_vec = None
+        # graph mode (None: eager steps): the captured steps and their static buffers
+        self.graphs = graph_util.TrainerGraphs(self, (D_STATS, G_STATS)) if use_graphs else None
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
@@ -179,6 +140,16 @@ class Trainer:
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
+
+    def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
+        """Adam (fused on CUDA). Graphed: capturable, with a tensor lr that set_lr fills in place."""
+        if not graphed:
+            return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas,
+                                    **({"fused": True} if self.device.type == "cuda" else {}))
+        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, dtype=torch.float32, device=self.device),
+                               betas=self.cfg.betas, fused=True, capturable=True)
+        opt._warned_capturable_if_run_uncaptured = True  # the warm-up steps run uncaptured by design
+        return opt
 
     # ------------------------------------------------------------------ checkpoint state
 
@@ -215,13 +186,8 @@ class Trainer:
         if self.graphs is None:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
-            return
-        for opt, key, lr in ((self.opt_g, "opt_g", self._lr_g), (self.opt_d, "opt_d", self._lr_d)):
-            if opt.state:  # the graphs may hold these tensors: copy into them
-                graph_util.load_optimizer_state_inplace_(opt, state[key])
-            else:
-                opt.load_state_dict(state[key])
-                graph_util.make_optimizer_capturable_(opt, lr)
+        else:
+            self.graphs.load_optimizers(state["opt_g"], state["opt_d"])
 
     def _load_state(self, state: dict, path: str) -> None:
         try:
@@ -261,62 +227,67 @@ class Trainer:
 
     def _d_update(self, real: torch.Tensor, r1: bool, set_to_none: bool = True) -> dict:
         """The D step body (eager, or captured in graph mode with ``set_to_none=False``)."""
-        cfg = self.cfg
-        n = real.shape[0]
-        self.D.requires_grad_(True)
-        with torch.no_grad(), self._autocast():
-            fake = self.G(self._z(n))
-        fake = fake.to(real.dtype)
-        penalty = torch.zeros((), device=self.device)
-        real_logits = None
-        with self._autocast():
-            if r1:
-                gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
-                penalty, real_logits = FG.gradient_penalty(self.D, real, kind="r1", gamma=gamma, return_logits=True)
-            if real_logits is None:
-                real_logits = self.D(real)
-            fake_logits = self.D(fake)
-            if cfg.penalty == "wgan-gp":
-                penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma)
-        loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
-        self.opt_d.zero_grad(set_to_none=set_to_none)
-        (loss + penalty).backward()
-        dist_util.average_gradients_(self.D.parameters(), self.dist)
-        self.opt_d.step()
-        with torch.no_grad():
-            acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
-        return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
-                "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
+        with self._ops():
+            cfg = self.cfg
+            n = real.shape[0]
+            self.D.requires_grad_(True)
+            with torch.no_grad(), self._autocast():
+                fake = self.G(self._z(n))
+            fake = fake.to(real.dtype)
+            penalty = torch.zeros((), device=self.device)
+            real_logits = None
+            with self._autocast():
+                if r1:
+                    gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
+                    penalty, real_logits = FG.gradient_penalty(self.D, real, kind="r1", gamma=gamma, return_logits=True)
+                if real_logits is None:
+                    real_logits = self.D(real)
+                fake_logits = self.D(fake)
+                if cfg.penalty == "wgan-gp":
+                    penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma)
+            loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
+            self.opt_d.zero_grad(set_to_none=set_to_none)
+            (loss + penalty).backward()
+            dist_util.average_gradients_(self.D.parameters(), self.dist)
+            self.opt_d.step()
+            with torch.no_grad():
+                acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
+            return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
+                    "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
 
     def _g_update(self, n: int, set_to_none: bool = True) -> dict:
         """The G step body, EMA update included."""
-        self.D.requires_grad_(False)  # no D weight gradients in the G step
-        with self._autocast():
-            fake_logits = self.D(self.G(self._z(n)))
-        loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
-        self.opt_g.zero_grad(set_to_none=set_to_none)
-        loss.backward()
-        dist_util.average_gradients_(self.G.parameters(), self.dist)
-        self.opt_g.step()
-        dist_util.broadcast_buffers_(self.G, self.dist)
-        self.D.requires_grad_(True)
-        ema_update_(self.G_ema, self.G, self._ema_decay)
-        return {"g_loss": loss.detach()}
+        with self._ops():
+            self.D.requires_grad_(False)  # no D weight gradients in the G step
+            with self._autocast():
+                fake_logits = self.D(self.G(self._z(n)))
+            loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
+            self.opt_g.zero_grad(set_to_none=set_to_none)
+            loss.backward()
+            dist_util.average_gradients_(self.G.parameters(), self.dist)
+            self.opt_g.step()
+            dist_util.broadcast_buffers_(self.G, self.dist)
+            self.D.requires_grad_(True)
+            ema_update_(self.G_ema, self.G, self._ema_decay)
+            return {"g_loss": loss.detach()}
+
+    def _ops(self):
+        """fused=False is the plain baseline: torch modules *and* the plain-torch losses and
+        penalties (fastgan's eager backend is their reference lines)."""
+        return contextlib.nullcontext() if self.cfg.fused else use_backend("eager")
 
     def d_step(self, real: torch.Tensor) -> dict:
         """One discriminator update; returns detached scalars (no host sync)."""
         if self.graphs is not None:
-            self._graph_d(real)
-            return dict(zip(D_STATS, self._stats_buf[:len(D_STATS)].clone().unbind()))
+            return self.graphs.d_step(real)
         stats = self._d_update(real, self._r1_due())
         self.d_steps += 1
         return stats
 
     def g_step(self, n: int) -> dict:
+        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
         if self.graphs is not None:
-            self._graph_g(n)
-            return dict(zip(G_STATS, self._stats_buf[len(D_STATS):].clone().unbind()))
-        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
+            return self.graphs.g_step(n)
         return self._g_update(n)
 
     def to_device(self, real: torch.Tensor) -> torch.Tensor:
@@ -332,20 +303,14 @@ class Trainer:
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
+            self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
+            stats = self.graphs.train_step(reals)
+        else:
             for real in reals:
-                self._graph_d(real)
-            self._graph_g(reals[0].shape[0])
-            vec = self._stats_buf.clone()
-            self._last_stats_vec = vec
-            self.step += 1
-            return dict(zip(D_STATS + G_STATS, vec.unbind()))
-        for real in reals:
-            stats = self.d_step(self.to_device(real))
-        stats.update(self.g_step(reals[0].shape[0]))
+                stats = self.d_step(self.to_device(real))
+            stats.update(self.g_step(reals[0].shape[0]))
         self.step += 1
         return stats
-
-    # ------------------------------------------------------------------ CUDA graphs
 
     @property
     def graph_kinds(self) -> tuple[str, ...]:
@@ -359,9 +324,8 @@ class Trainer:
     @property
     def graphs_ready(self) -> bool:
         """True once every graph this run uses is captured (every later train_step is replays
-        only). Always False for eager steps (``self.graphs is None``). Each kind is captured on
-        its ``graphs.WARMUP_STEPS + 1``-th use: with lazy R1 every k D steps that takes about
-        ``k * (WARMUP_STEPS + 1)`` D steps."""
+        only); always False for eager steps. Each kind is captured on its ``WARMUP_STEPS + 1``-th
+        use: with lazy R1 every k D steps that takes about ``k * (WARMUP_STEPS + 1)`` D steps."""
         return self.graphs is not None and all(k in self.graphs.captured for k in self.graph_kinds)
 
     def set_lr(self, lr_g: float | None = None, lr_d: float | None = None) -> None:
@@ -378,206 +342,160 @@ class Trainer:
                 else:
                     group["lr"] = float(lr)
 
-    def _check_lr(self) -> None:
-        for opt, lr, name in ((self.opt_g, self._lr_g, "opt_g"), (self.opt_d, self._lr_d, "opt_d")):
-            if opt.param_groups[0]["lr"] is not lr:
-                raise RuntimeError(f"{name}.param_groups[0]['lr'] was replaced, but the captured CUDA graphs read "
-                                   "the original tensor; change learning rates with Trainer.set_lr (in place)")
-
-    def _check_capturable(self) -> None:
-        """Called right before each capture: hooks added after construction are an error."""
-        why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
-        if why:
-            raise graph_util.CaptureError(why.replace("; running eager steps", "") +
-                                          "; cannot capture this step (remove the cause or use cuda_graphs=False)")
-        self._check_lr()
-
-    def _copy_real(self, real: torch.Tensor) -> None:
-        """Copy a real batch into the static input buffer that the D graphs read."""
-        if not isinstance(real, torch.Tensor):
-            raise TypeError(f"a real batch must be a torch.Tensor, got {type(real).__name__}")
-        if real.device.type != "cpu" and (real.device.type != self.device.type or
-                                          self.device.index not in (None, real.device.index)):
-            raise ValueError(f"cuda_graphs: real batch on {real.device}; expected the CPU or {self.device}")
-        static = self._static_real
-        if static is None:
-            if not real.is_floating_point():
-                raise TypeError(f"a real batch must be floating point, got {real.dtype}")
-            # the layout to_device gives the eager steps, so that both run the same kernels
-            layout = torch.channels_last if self.device.type == "cuda" and real.dim() == 4 else torch.contiguous_format
-            static = self._static_real = torch.empty(real.shape, dtype=real.dtype, device=self.device,
-                                                     memory_format=layout)
-        elif real.shape != static.shape:
-            raise ValueError(f"cuda_graphs: real batch of shape {tuple(real.shape)} differs from the captured "
-                             f"shape {tuple(static.shape)}; CUDA graphs replay fixed shapes (the trainer's "
-                             "sampler drops incomplete batches: pass full batches of batch_size)")
-        elif real.dtype != static.dtype:
-            raise TypeError(f"cuda_graphs: real batch of dtype {real.dtype} differs from the captured dtype "
-                            f"{static.dtype}")
-        static.copy_(real, non_blocking=True)
-
-    def _graph_d(self, real: torch.Tensor) -> None:
-        """One D step in graph mode: copy in, replay the D or D+R1 graph; stats land in _stats_buf."""
-        self._check_lr()
-        self._copy_real(real)
-        r1 = self._r1_due()
-        buf = self._stats_buf[:len(D_STATS)]
-
-        def d_graph_step():
-            stats = self._d_update(self._static_real, r1, set_to_none=False)
-            buf.copy_(torch.stack([stats[k].float() for k in D_STATS]))
-
-        self.graphs.run("d_r1" if r1 else "d", d_graph_step)
-        self.d_steps += 1
-
-    def _graph_g(self, n: int) -> None:
-        if self._graph_n is None:
-            self._graph_n = n
-        elif n != self._graph_n:
-            raise ValueError(f"cuda_graphs: G step batch {n} differs from the captured batch {self._graph_n}")
-        buf = self._stats_buf[len(D_STATS):]
-        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside the graph
-
-        def g_graph_step():
-            stats = self._g_update(self._graph_n, set_to_none=False)
-            buf.copy_(torch.stack([stats[k].float() for k in G_STATS]))
-
-        self.graphs.run("g", g_graph_step)
-
     # ------------------------------------------------------------------ loop
 
-    def _tensorboard_writer(self):
-        if not self.cfg.tensorboard:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(os.path.join(self.cfg.out, "tb"))
-
-    def _on_signal(self, signum, frame):
-        self._stop_signal = signum
-
     def sample(self, path: str) -> None:
-        with torch.no_grad():
-            z = self.fixed_z.to(self.device)
-            images = self.G_ema(z)
+        with torch.no_grad(), self._ops():
+            images = self.G_ema(self.fixed_z.to(self.device))
         save_image_grid(images, path, nrow=8)
 
     def train(self) -> dict:
         """Run until ``cfg.steps`` G steps are done (or SIGINT: checkpoint, then return)."""
-        cfg = self.cfg
-        main = self.dist.is_main
+        cfg, main = self.cfg, self.dist.is_main
         if main:
             os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=1)
+            atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
         start_step = self.step
-        d_batches = (cfg.steps - start_step) * cfg.n_critic
         loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
                              cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._on_signal) if in_main_thread else None
-        bar = None
-        if main and cfg.progress and d_batches > 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=start_step, desc="fastgan train", unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
-        log_path = os.path.join(cfg.out, "log.jsonl")
-        tb = self._tensorboard_writer() if main else None
-        t_start = time.perf_counter()
-        clock = {"t_last": t_start, "step_last": start_step}
-        status = "completed"
-        stats = {}
         data = iter(loader)
-        # graph mode: losses go to pinned host memory and are read a few log intervals late (no sync per step)
-        pending = graph_util.AsyncStats() if self.graphs is not None else None
-
-        def emit(values: dict, step: int, now: float, device_step_ms: float | None = None) -> None:
-            rec = dict(values)
-            dt = (now - clock["t_last"]) / max(1, step - clock["step_last"])
-            if device_step_ms is not None:
-                dt = device_step_ms / 1e3
-            rec.update(step=step, step_ms=dt * 1e3,
-                       images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None,
-                       time_s=now - t_start)
-            clock["t_last"], clock["step_last"] = now, step
-            self.history.append(rec)
-            if main:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if tb is not None:
-                    for k, v in rec.items():
-                        if k != "step" and isinstance(v, (int, float)):
-                            tb.add_scalar(k, v, step)
-                if bar is not None:
-                    bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                    img_s=f"{rec['images_per_s']:.0f}")
-
-        def drain(wait_all: bool = False) -> None:
-            if pending is not None:
-                for step, values, step_ms, t_host in pending.ready(wait_all):
-                    emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
-
-        # time, energy (NVML), memory and per-step statistics of this run: OUT/resources.json
-        monitor = ResourceMonitor() if main else None
-        if monitor is not None:
-            monitor.__enter__()
-        try:
+        monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
+        status = "completed"
+        with _stop_on_sigint() as stop, RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
             while self.step < cfg.steps:
                 stats = self.train_step([next(data)[0] for _ in range(cfg.n_critic)])
+                last = self.step == cfg.steps
                 if monitor is not None:
                     monitor.step(cfg.batch_size * cfg.n_critic)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    if pending is not None:
-                        pending.push(self.step, self._last_stats_vec)
-                        drain()
-                    else:
-                        now = time.perf_counter()
-                        emit({k: float(v) for k, v in stats.items()}, self.step, now)  # host sync every log_every
-                if bar is not None:
-                    bar.update(1)
-                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
+                if main and (self.step % cfg.sample_every == 0 or last):
                     self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                    drain(wait_all=True)
+                if self.step % cfg.ckpt_every == 0 or last or stop.signal is not None:
+                    log.flush()
                     self.save()
-                if self._stop_signal is not None:
+                if stop.signal is not None:
                     status = "interrupted"
-                    drain(wait_all=True)
-                    self.save()
                     break
-            drain(wait_all=True)
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous)
-            if bar is not None:
-                bar.close()
-            if tb is not None:
-                tb.close()
-            if monitor is not None:
-                monitor.__exit__(None, None, None)
-        elapsed = time.perf_counter() - t_start
+        return self._summary(status, start_step, log, monitor)
+
+    def _summary(self, status: str, start_step: int, log, monitor) -> dict:
+        cfg = self.cfg
+        elapsed = log.elapsed
         done = self.step - start_step
         last = self.history[-1] if self.history else {}
         summary = {"status": status, "step": self.step, "steps_run": done, "elapsed_s": elapsed,
-                   "images_per_s": done * cfg.batch_size * cfg.n_critic / elapsed if elapsed > 0 else None,
+                   "images_per_s": done * cfg.batch_size * cfg.n_critic / elapsed if elapsed else None,
                    "d_loss": last.get("d_loss"), "g_loss": last.get("g_loss"), "penalty": last.get("penalty"),
                    "checkpoint": os.path.join(cfg.out, LATEST),
                    "samples": os.path.join(cfg.out, "samples"), "device": str(self.device),
-                   "backend": _backend_name(self.device, cfg.fused)}
+                   "backend": "plain torch" if not cfg.fused else backend_for_device(self.device)}
         if monitor is not None:
             res = monitor.report()
             summary.update(energy_j=res["energy_j"], joules_per_image=res["joules_per_image"],
                            energy_source=res["energy_source"], resources=monitor.summary(),
                            resources_file=monitor.to_json(os.path.join(cfg.out, "resources.json")))
-        if main:
             atomic_write_json(os.path.join(cfg.out, "summary.json"), summary)
         return summary
 
 
-def _backend_name(device: torch.device, fused: bool) -> str:
-    if not fused:
-        return "plain torch modules"
-    from .. import backend
+class _stop_on_sigint:
+    """Within the block, SIGINT sets ``.signal`` instead of raising (main thread only)."""
 
-    return backend.backend_for_device(device)
+    def __init__(self):
+        self.signal, self._previous = None, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class RunLog:
+    """The training log: the trainer's history on every rank; on rank 0 also ``log.jsonl``,
+    TensorBoard and the progress bar.
+
+    Each record is the step's statistics plus step time, images/s and wall time. With CUDA graphs
+    the statistics arrive a few steps late (``graphs.AsyncStats``: no host sync per step) and the
+    step time is the device time between two logged steps."""
+
+    def __init__(self, trainer: "Trainer", start_step: int):
+        cfg = trainer.cfg
+        self.trainer, self.cfg = trainer, cfg
+        self.path = os.path.join(cfg.out, "log.jsonl")
+        self.pending = graph_util.AsyncStats() if trainer.graphs is not None else None
+        self.main = trainer.dist.is_main
+        self.bar = self.tb = None
+        if self.main and cfg.progress and cfg.steps > start_step:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start_step, desc="fastgan train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+        if self.main and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
+        self.t_start = self.t_last = time.perf_counter()
+        self.step_last = start_step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.flush()
+        self.elapsed = time.perf_counter() - self.t_start
+        for sink in (self.bar, self.tb):
+            if sink is not None:
+                sink.close()
+        return False
+
+    def step(self, step: int, stats: dict, due: bool) -> None:
+        """After each step: advance the progress bar; record the statistics when ``due``."""
+        if self.bar is not None:
+            self.bar.update(1)
+        if not due:
+            return
+        if self.pending is None:
+            self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter())  # host sync
+        else:
+            self.pending.push(step, self.trainer.graphs.last_stats)
+            self._drain()
+
+    def flush(self) -> None:
+        self._drain(wait_all=True)
+
+    def _drain(self, wait_all: bool = False) -> None:
+        if self.pending is not None:
+            for step, values, step_ms, t_host in self.pending.ready(wait_all):
+                self._emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
+
+    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None) -> None:
+        cfg = self.cfg
+        dt = (now - self.t_last) / max(1, step - self.step_last)
+        if device_step_ms is not None:
+            dt = device_step_ms / 1e3
+        rec = dict(values, step=step, step_ms=dt * 1e3,
+                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start)
+        self.t_last, self.step_last = now, step
+        self.trainer.history.append(rec)
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.bar is not None:
+            self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
+                                 img_s=f"{rec['images_per_s']:.0f}")
+
+

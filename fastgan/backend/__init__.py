@@ -1,4 +1,5 @@
-"""Which implementation of an op runs: "triton", "interpret" or "eager".
+"""Which implementation of an op runs: "triton", "interpret" or "eager" (and, for convolutions,
+the per-shape choice between fastgan's kernel and the vendor's: ``fastgan.backend.conv_dispatch``).
 
 - ``"triton"``: the compiled Triton kernels, for CUDA tensors.
 - ``"interpret"``: the same Triton kernels run by the Triton interpreter on the CPU
@@ -17,7 +18,6 @@ been set when the interpreter is wanted. One process runs the kernels one way on
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib
 import os
 import sys
@@ -28,8 +28,12 @@ import torch
 
 BACKENDS = ("triton", "interpret", "eager")
 _ENV_VAR = "FASTGAN_BACKEND"
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgan_backend", default=None)
+# the use_backend stack (innermost last). Process-wide, not a ContextVar: autograd runs CUDA backward
+# functions on its own worker threads, which must see the backend the forward ran with, and
+# torch.compile traces a plain list read (it cannot trace ContextVar.get).
+_forced: list[str] = []
 _warned: set[str] = set()
+_decided: dict[tuple, str] = {}  # (forced backend, device type) -> backend, once checked
 _triton_error: str | None = None  # why Triton could not be imported, once known
 _kernels = None  # the imported fastgan.kernels module
 
@@ -59,7 +63,7 @@ def _check_name(name: str, source: str) -> str:
 
 def forced_backend() -> str | None:
     """The backend forced by ``use_backend`` (innermost wins) or ``FASTGAN_BACKEND``; None if automatic."""
-    name = _forced.get()
+    name = _forced[-1] if _forced else None
     if name is None:
         env = os.environ.get(_ENV_VAR, "").strip()
         name = _check_name(env, _ENV_VAR) if env else None
@@ -163,10 +167,18 @@ def backend_for(*tensors: torch.Tensor) -> str:
 
 
 def backend_for_device(device) -> str:
-    """The backend for tensors on ``device`` (a torch.device or a string like "cuda")."""
-    device = torch.device(device).type
-    forced = forced_backend()
+    """The backend for tensors on ``device`` (a torch.device or a string like "cuda").
 
+    Decided once per (forced backend, device type) and then looked up, so that torch.compile
+    traces a dict lookup instead of the checks (which import Triton)."""
+    key = (forced_backend(), torch.device(device).type)
+    choice = _decided.get(key)
+    if choice is None:
+        choice = _decided[key] = _decide(*key)
+    return choice
+
+
+def _decide(forced: str | None, device: str) -> str:
     if forced == "eager":
         return "eager"
     if forced == "interpret":
@@ -202,8 +214,8 @@ def backend_for_device(device) -> str:
 def use_backend(name: str) -> Iterator[None]:
     """Force a backend ("triton", "interpret", "eager" or "auto") inside a ``with`` block."""
     name = _check_name(name, "use_backend")
-    token = _forced.set(name)
+    _forced.append(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.pop()

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from fastgan import ResourceMonitor, nvml
-from fastgan import profile as fprofile
+from fastgan import monitor as fmonitor
 
-THREAD = fprofile._THREAD_NAME
+THREAD = fmonitor._THREAD_NAME
 
 
 def _sampler_threads():
@@ -215,10 +215,10 @@ def test_step_ms_first_step_from_enter_and_percentiles():
         mon.step()
     assert mon.report()["step_ms"]["median"] >= 30  # the first step counts from enter
     assert r["gpu_unavailable_reason"] == "no GPU devices requested (devices=[])"
-    assert fprofile._percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert fprofile._percentile([0.0, 10.0], 0.1) == pytest.approx(1.0)
-    assert fprofile._percentile([5.0], 0.9) == 5.0
-    assert fprofile._percentile([], 0.5) is None
+    assert fmonitor._percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert fmonitor._percentile([0.0, 10.0], 0.1) == pytest.approx(1.0)
+    assert fmonitor._percentile([5.0], 0.9) == 5.0
+    assert fmonitor._percentile([], 0.5) is None
 
 
 def test_no_steps_report():
@@ -506,7 +506,7 @@ def test_to_json_atomic(tmp_path, monkeypatch):
         f.write('{"half": ')
         raise OSError("disk full")
 
-    monkeypatch.setattr(fprofile.json, "dump", broken_dump)
+    monkeypatch.setattr(fmonitor.json, "dump", broken_dump)
     with pytest.raises(OSError, match="disk full"):
         mon.to_json(path)
     assert path.read_text() == before
