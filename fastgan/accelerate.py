@@ -13,8 +13,7 @@ What is fused
      batch norm runs ``fastgan.functional.batch_norm_act`` (training mode: fused statistics +
      normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
      mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes ``nn.Identity()``.
-     In training mode it is differentiable once (a gradient penalty through it raises):
-     ``accelerate(D, batch_norm=False)`` keeps torch's batch norm for such discriminators.
+     Differentiable twice in both modes, so gradient penalties through it are exact.
 
    A Sequential is assumed to be called as a whole (``self.main(x)``): one that is only used
    as a list and iterated with other code between its children would be misread.
@@ -654,9 +653,8 @@ def accelerate(model: nn.Module, inplace: bool = False, dtype: torch.dtype | Non
         dtype: optionally cast the (copied) model to this floating dtype first (``model.to(dtype)``).
         report: also return the :class:`AccelerateReport` (``(model, report)``).
         fx: also rewrite user forwards with torch.fx (default True); False: Sequential only.
-        batch_norm: fuse ``BatchNorm2d`` + activation (default True). The fused training-mode
-            batch norm is differentiable once only, so pass False for a discriminator that
-            takes a gradient penalty (WGAN-GP, R1) through batch norm in training mode.
+        batch_norm: fuse ``BatchNorm2d`` + activation (default True; differentiable twice, like
+            torch's); False keeps torch's batch norm.
 
     Returns:
         The accelerated model, or ``(model, report)`` when ``report=True``. The report is also

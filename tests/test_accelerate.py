@@ -325,23 +325,28 @@ def test_r1_penalty_through_accelerated_discriminator(device):
             assert_close(grads[1][1][k], ref, torch.float64, f"penalty grad {k}")
 
 
-def test_penalty_through_batch_norm_needs_batch_norm_false(device):
-    """The fused training-mode batch norm is first order: a penalty through it raises, and
-    batch_norm=False keeps torch's batch norm (convolutions still fused) with equal results."""
+def test_penalty_through_batch_norm_is_exact(device):
+    """A penalty through the fused training-mode batch norm gives torch's penalty and parameter
+    gradients, with .backward() and with autograd.grad (issue 13: autograd.grad returned wrong or
+    missing gradients without an error); batch_norm=False keeps torch's batch norm, equally exact."""
     model, x, _ = _make("dcgan_d", device)
-    with pytest.raises(RuntimeError):
-        fastgan.functional.gradient_penalty(fastgan.accelerate(model), x, kind="r1").backward()
-    acc, report = fastgan.accelerate(model, batch_norm=False, report=True)
-    assert [r.name for r in report.replaced] == ["0", "5"] and type(acc[3]) is nn.BatchNorm2d
+    fused, report = fastgan.accelerate(model, inplace=False, report=True)
+    assert "3" in [r.name for r in report.replaced]  # the batch norm is fused
+    plain_bn, report = fastgan.accelerate(model, inplace=False, batch_norm=False, report=True)
+    assert [r.name for r in report.replaced] == ["0", "5"] and type(plain_bn[3]) is nn.BatchNorm2d
     results = []
-    for m in (model, acc):
+    for m in (model, fused, plain_bn):
+        params = list(m.parameters())
+        via_grad = torch.autograd.grad(fastgan.functional.gradient_penalty(m, x, kind="r1", gamma=1.0), params)
         m.zero_grad(set_to_none=True)
         penalty = fastgan.functional.gradient_penalty(m, x, kind="r1", gamma=1.0)
         penalty.backward()
-        results.append((penalty.detach(), [p.grad for p in m.parameters()]))
-    assert_close(results[1][0], results[0][0], torch.float64, "penalty")
-    for a, r in zip(results[1][1], results[0][1]):
-        assert_close(a, r, torch.float64, "penalty grad")
+        results.append((penalty.detach(), via_grad, [p.grad for p in params]))
+    for got in results[1:]:
+        assert_close(got[0], results[0][0], torch.float64, "penalty")
+        for a, b, r in zip(got[1], got[2], results[0][2]):
+            assert_close(a, r, torch.float64, "penalty grad (autograd.grad)", tol=1e-8)
+            assert_close(b, r, torch.float64, "penalty grad (.backward)", tol=1e-8)
 
 
 @pytest.mark.parametrize("name", ["dcgan_g", "dcgan_d", "sngan_d"])

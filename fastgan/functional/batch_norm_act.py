@@ -3,17 +3,25 @@
 Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``: a
 statistics pass and one normalise + affine + activation pass forward, a reduction pass and
 one pointwise pass backward. Evaluation mode (running statistics) is an affine map per
-channel: ``F.batch_norm`` followed by the fused ``bias_act``, differentiable twice. The eager
-backend is ``F.batch_norm`` + the activation reference.
+channel: ``F.batch_norm`` followed by the fused ``bias_act``. The eager backend is
+``F.batch_norm`` + the activation reference. Both modes are differentiable twice, so a
+gradient penalty (R1, WGAN-GP) through a batch-normalised critic is exact.
 
 Ops (``fused_op.FusedOp``):
 
-======================  =========================================  ==========================
-op                      computes                                   its backward
-======================  =========================================  ==========================
-batch_norm_act          (y, mean, biased var)                      batch_norm_act_backward
-batch_norm_act_backward (dx, sum g, sum g * x_hat)                 none: a second order raises
-======================  =========================================  ==========================
+=======================  ==========================================  ==================================
+op                       computes                                    its backward
+=======================  ==========================================  ==================================
+batch_norm_act           (y, mean, biased var)                       batch_norm_act_backward
+batch_norm_act_backward  (dx, dw, db): the fused first-order kernels  the second derivative of the
+                                                                     reference (F.batch_norm + act,
+                                                                     batch statistics recomputed from
+                                                                     x), by autograd; a third order
+                                                                     raises
+=======================  ==========================================  ==================================
+
+The second order runs plain torch ops (a penalty through batch norm is rare; the first order,
+on every training step, is the fused kernels).
 """
 from typing import Optional
 
@@ -22,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import backend as _backend
-from .activations import resolve_act
+from .activations import ActSpec, resolve_act
 from .bias_act import bias_act
 from .fused_op import FusedOp, fresh_like
 
@@ -68,25 +76,65 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _dvar):
     x, weight, bias, mean, var = ctx.saved_tensors
-    invstd, scale, shift = _affine(mean, var, weight, bias, ctx.eps)
-    dx, sum_g, sum_gx = BATCH_NORM_ACT_BACKWARD(dy, x, mean, invstd, scale, shift, *ctx.act_args)
+    dx, dw, db = BATCH_NORM_ACT_BACKWARD(dy, x, weight, bias, mean, var, ctx.eps, *ctx.act_args)
     need = ctx.needs_input_grad
-    dw = sum_gx.to(weight.dtype) if weight is not None and need[1] else None
-    db = sum_g.to(bias.dtype) if bias is not None and need[2] else None
-    return dx, dw, db, None, None, None, None, None
+    return dx, (dw if weight is not None and need[1] else None), (db if bias is not None and need[2] else None), \
+        None, None, None, None, None
 
 
 BATCH_NORM_ACT = FusedOp("batch_norm_act", _forward, _fake, _setup, _backward)
 
 
-def _backward_forward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, shift: Tensor, act: str,
-                      alpha: float, gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_fake(dy, x, weight, bias, *rest):
+    def grad_of(p):
+        return torch.empty_like(p) if p is not None else x.new_empty((0,))
+    return torch.empty_like(x), grad_of(weight), grad_of(bias)
+
+
+def _backward_forward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
+                      var: Tensor, eps: float, act: str, alpha: float, gain: float,
+                      clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db) of the training-mode batch norm + activation for dy (dw/db empty without a
+    weight/bias), given the forward's batch statistics."""
+    invstd, scale, shift = _affine(mean, var, weight, bias, eps)
     dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, shift, 1, act, alpha, gain, clamp)
-    return fresh_like(dx, x), sum_g, sum_gx
+    dw = sum_gx.to(weight.dtype) if weight is not None else x.new_empty((0,))
+    db = sum_g.to(bias.dtype) if bias is not None else x.new_empty((0,))
+    return fresh_like(dx, x), dw, db
 
 
-BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, lambda dy, x, *rest: _fake(x),
-                                  limit="the training-mode batch_norm_act supports gradients up to first order")
+def _backward_setup(ctx, inputs, output):
+    dy, x, weight, bias, mean, var, eps, *act_args = inputs
+    ctx.save_for_backward(dy, x, weight, bias)
+    ctx.eps, ctx.spec = eps, ActSpec(*act_args)
+    ctx.set_materialize_grads(False)
+
+
+def _backward_backward(ctx, g_dx, g_dw, g_db):
+    """The second derivative: autograd of the reference's first derivative, w.r.t. dy, x, w, b."""
+    if torch.is_grad_enabled():  # create_graph: a third order was requested
+        raise RuntimeError("fastgan::batch_norm_act_backward: the training-mode batch_norm_act supports gradients "
+                           "up to second order; a higher-order gradient was requested")
+    dy, x, weight, bias = ctx.saved_tensors
+    acc = _stats_dtype(x)
+    with torch.enable_grad():
+        leaves = [t.detach().to(acc).requires_grad_() if t is not None else None for t in (dy, x, weight, bias)]
+        y = ctx.spec.reference(F.batch_norm(leaves[1], None, None, leaves[2], leaves[3], True, 0.0, ctx.eps))
+        wrt = [t for t in leaves[1:] if t is not None]
+        first = torch.autograd.grad(y, wrt, leaves[0], create_graph=True)
+        grads_in = [g for g, p in zip((g_dx, g_dw, g_db), (x, weight, bias)) if p is not None]
+        pairs = [(f, g.to(acc)) for f, g in zip(first, grads_in) if g is not None]
+        inputs = [t for t in leaves if t is not None]
+        second = torch.autograd.grad([f for f, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(inputs)
+    it = iter(second)
+    out = [next(it) if t is not None else None for t in leaves]
+    out = [o.to(t.dtype) if o is not None else None for o, t in zip(out, (dy, x, weight, bias))]
+    return (*out, None, None, None, None, None, None, None)
+
+
+BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, _backward_fake, _backward_setup,
+                                  _backward_backward)
 
 
 def _check(x, weight, bias, running_mean, running_var):
@@ -112,7 +160,7 @@ def batch_norm_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """``clamp(act(F.batch_norm(x, ...)) * gain)`` with ``F.batch_norm``'s argument semantics.
 
     In training mode the running statistics (when given) are updated in place with
-    ``momentum`` (unbiased variance, like torch). Training mode is differentiable once.
+    ``momentum`` (unbiased variance, like torch). Differentiable twice in both modes.
     """
     _check(x, weight, bias, running_mean, running_var)
     spec = resolve_act(act, alpha, gain, clamp)
