@@ -43,26 +43,54 @@ def scalar_arg(hi, lo, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _expm1(z):
+    """exp(z) - 1 to a few ulps for every z: a Taylor polynomial (to z^13, exact to float64) for
+    |z| < 1/4, where exp(z) - 1 would cancel, and exp(z) - 1 elsewhere (at most 3.5x cancellation)."""
+    p = 1.0 + z * (1.0 / 14.0)
+    for k in tl.static_range(13, 1, -1):
+        p = 1.0 + z * (1.0 / k) * p
+    return tl.where(tl.abs(z) < 0.25, z * p, tl.exp(z) - 1.0)
+
+
+@triton.jit
+def _log1p(u):
+    """log(1 + u) to a few ulps for u > -1: 2 atanh(s) with s = u / (2 + u), an odd series to s^19
+    (|s| < 1/9 for |u| < 1/4, exact to float64), and log(1 + u) elsewhere."""
+    s = u / (2.0 + u)
+    s2 = s * s
+    p = 1.0 / 19.0
+    for k in tl.static_range(17, 0, -2):
+        p = 1.0 / k + s2 * p
+    return tl.where(tl.abs(u) < 0.25, 2.0 * s * p, tl.log(1.0 + u))
+
+
+@triton.jit
 def _sigmoid(z):
-    """1 / (1 + exp(-z)) without overflow: exp is only taken of -|z|."""
+    """1 / (1 + exp(-z)) without overflow or cancellation: exp is only taken of -|z|."""
     e = tl.exp(-tl.abs(z))
     return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 @triton.jit
+def _sigmoid_d1(z):
+    """sigmoid'(z) = s (1 - s) = e / (1 + e)^2 with e = exp(-|z|): no 1 - s cancellation."""
+    e = tl.exp(-tl.abs(z))
+    return e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
 def _tanh(z):
-    """tanh(z) = sign(z) * (1 - exp(-2|z|)) / (1 + exp(-2|z|))."""
-    e = tl.exp(-2.0 * tl.abs(z))
-    t = (1.0 - e) / (1.0 + e)
+    """tanh(z) = -sign(z) expm1(-2|z|) / (2 + expm1(-2|z|)), relatively accurate near zero."""
+    m = _expm1(-2.0 * tl.abs(z))
+    t = -m / (2.0 + m)
     return tl.where(z >= 0, t, -t)
 
 
 @triton.jit
-def _log1p(u):
-    """log(1 + u) accurate for small u (Goldberg's correction of log(1 + u))."""
-    w = 1.0 + u
-    d = w - 1.0
-    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
+def _tanh_d1(z):
+    """tanh'(z) = 1 - tanh^2 = 4 e / (1 + e)^2 with e = exp(-2|z|): accurate in the tails too."""
+    e = tl.exp(-2.0 * tl.abs(z))
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
 
 @triton.jit
@@ -85,9 +113,9 @@ def act_fwd(z, alpha, ACT: tl.constexpr):
     elif ACT == 4:
         y = _sigmoid(z)
     elif ACT == 5:
-        y = tl.where(z > 0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
+        y = tl.where(z > 0, z, _expm1(tl.minimum(z, 0.0)))
     elif ACT == 6:
-        y = tl.where(z > 0, SELU_SCALE * z, SELU_SCALE_ALPHA * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+        y = tl.where(z > 0, SELU_SCALE * z, SELU_SCALE_ALPHA * _expm1(tl.minimum(z, 0.0)))
     elif ACT == 7:
         y = _softplus(z)
     else:
@@ -105,42 +133,36 @@ def act_d1(z, alpha, ACT: tl.constexpr):
     elif ACT == 2:
         d = tl.where(z > 0, 1.0, z * 0.0 + alpha)
     elif ACT == 3:
-        t = _tanh(z)
-        d = 1.0 - t * t
+        d = _tanh_d1(z)
     elif ACT == 4:
-        s = _sigmoid(z)
-        d = s * (1.0 - s)
+        d = _sigmoid_d1(z)
     elif ACT == 5:
         d = tl.where(z > 0, 1.0, tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 6:
         d = tl.where(z > 0, z * 0.0 + SELU_SCALE, SELU_SCALE_ALPHA * tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 7:
         d = _sigmoid(z)
-    else:
-        s = _sigmoid(z)
-        d = s * (1.0 + z * (1.0 - s))
+    else:  # swish: s + z s (1 - s)
+        d = _sigmoid(z) + z * _sigmoid_d1(z)
     return d
 
 
 @triton.jit
 def act_d2(z, alpha, ACT: tl.constexpr):
-    """d^2 act / dz^2 (zero almost everywhere for the piecewise-linear activations)."""
+    """d^2 act / dz^2 (zero almost everywhere for the piecewise-linear activations). The forms
+    avoid cancellation: 1 - 2 sigmoid(z) = -tanh(z / 2)."""
     if ACT == 3:
-        t = _tanh(z)
-        d = -2.0 * t * (1.0 - t * t)
+        d = -2.0 * _tanh(z) * _tanh_d1(z)
     elif ACT == 4:
-        s = _sigmoid(z)
-        d = s * (1.0 - s) * (1.0 - 2.0 * s)
+        d = -_sigmoid_d1(z) * _tanh(0.5 * z)
     elif ACT == 5:
         d = tl.where(z > 0, 0.0, tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 6:
         d = tl.where(z > 0, 0.0, SELU_SCALE_ALPHA * tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 7:
-        s = _sigmoid(z)
-        d = s * (1.0 - s)
-    elif ACT == 8:
-        s = _sigmoid(z)
-        d = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+        d = _sigmoid_d1(z)
+    elif ACT == 8:  # swish: s (1 - s) (2 - z tanh(z / 2))
+        d = _sigmoid_d1(z) * (2.0 - z * _tanh(0.5 * z))
     else:
         d = z * 0.0
     return d
