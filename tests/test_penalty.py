@@ -163,6 +163,35 @@ def test_penalty_and_param_grads_match_reference(d_name, kind, dtype, device):
             assert_close(g, r, dtype, f"{d_name} {kind} d{name}", tol)
 
 
+class PatchD(nn.Module):
+    """A PatchGAN critic: fused conv + lrelu, then a conv to a [N, 1, H, W] map of logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(fastgan.nn.Conv2dAct(C, 4, 3, 2, 1, act="lrelu", alpha=0.2, gain=1.0),
+                                 nn.Conv2d(4, 1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("kind", PENALTY_KINDS)
+def test_patchgan_critic_penalty_is_the_per_sample_gradient_of_its_logit_map(kind, device):
+    """[N, 1, H, W] logits (pix2pix, CycleGAN, StarGAN critics): the penalty takes each sample's
+    gradient of the sum of its logit map over the whole input, as the hand-written lines do."""
+    D = PatchD().to(device)
+    real, fake = _images(device)
+    eps = torch.rand(N, device=device)
+    penalty, logits = gradient_penalty(D, real, fake, kind=kind, gamma=3.0, eps=eps if kind == "wgan-gp" else None,
+                                       return_logits=True)
+    assert logits.shape == (N, 1, RES // 2, RES // 2)
+    D64 = copy.deepcopy(D).double()
+    ref, _ = reference_penalty(D64, real.double(), fake.double(), kind, 3.0, 1.0, eps.double())
+    assert_close(penalty.reshape(1), ref.reshape(1), torch.float32, "penalty")
+    for g, r in zip(_param_grads(penalty, D), _param_grads(ref, D64)):
+        assert_close(g, r, torch.float32, "penalty grad")
+
+
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
 def test_fused_matches_eager_backend(kind, device):
     """The library's own eager path (the reference implementation) agrees with the fused path."""
@@ -365,9 +394,9 @@ def test_bad_input(device):
         gradient_penalty(D, real, "fake", kind="r1")
     with pytest.raises(TypeError, match="D"):
         gradient_penalty("D", real, fake)
-    with pytest.raises(ValueError, match="D must return one logit per sample"):
-        gradient_penalty(lambda x: x.flatten(1)[:, :2], real, kind="r1")
-    with pytest.raises(ValueError, match="D must return one logit per sample"):
+    with pytest.raises(ValueError, match="D must return logits with one row per sample"):
+        gradient_penalty(lambda x: x[:1].flatten(1)[:, :2], real, kind="r1")
+    with pytest.raises(ValueError, match="D must return logits with one row per sample"):
         gradient_penalty(lambda x: x.sum(), real, kind="r1")
     with pytest.raises(TypeError, match="D must return"):
         gradient_penalty(lambda x: (x.sum(),), real, kind="r1")

@@ -1,6 +1,7 @@
 """GAN losses on discriminator logits, fused: one kernel computes the loss and dL/dlogits.
 
-Kinds (r = logits of real samples, f = logits of fake samples, each term a mean over its own batch):
+Kinds (r = logits of real samples, f = logits of fake samples, each term a mean over all elements
+of its own tensor: [N], [N, 1] or a PatchGAN critic's [N, 1, H, W] alike, as ``D(x).mean()``):
 
 =========  =====================================  ==========================================
 kind       d_loss(r, f)                           g_loss(f)
@@ -147,8 +148,8 @@ def _check_logits(x, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() == 0 or x.shape[0] == 0 or x.numel() != x.shape[0]:
-        raise ValueError(f"{name} must hold one logit per sample (shape [N] or [N, 1], N >= 1), "
+    if x.dim() == 0 or x.numel() == 0:
+        raise ValueError(f"{name} must have a batch dim and at least one logit (shape [N, ...]), "
                          f"got shape {tuple(x.shape)}")
 
 
@@ -156,9 +157,10 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns") -> Tensor
     """Discriminator loss: mean over the real batch + mean over the fake batch (table above).
 
     Args:
-        real_logits: D's logits on real samples, shape [N] or [N, 1] (one value per sample).
-        fake_logits: D's logits on generated samples, shape [M] or [M, 1]; M may differ from N.
-            Same dtype and device as ``real_logits``.
+        real_logits: D's logits on real samples, any shape [N, ...]: [N], [N, 1], or a PatchGAN
+            critic's [N, 1, H, W]; every term is a mean over *all* elements, as ``D(x).mean()``.
+        fake_logits: D's logits on generated samples, [M, ...]; M and the shape may differ from
+            real's. Same dtype and device as ``real_logits``.
         kind: "ns", "minimax", "hinge", "wgan" or "lsgan".
 
     Returns a 0-d float32 tensor (float64 for float64 logits). Differentiable once w.r.t.

@@ -160,9 +160,9 @@ def _check_logits(logits, n: int) -> None:
         raise TypeError(f"D must return a torch.Tensor of logits, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"D must return floating-point logits, got dtype {logits.dtype}")
-    if logits.dim() == 0 or logits.shape[0] != n or logits.numel() != n:
-        raise ValueError(f"D must return one logit per sample (shape [{n}] or [{n}, 1]), "
-                         f"got shape {tuple(logits.shape)}")
+    if logits.dim() == 0 or logits.shape[0] != n:
+        raise ValueError(f"D must return logits with one row per sample (shape [{n}, ...]: [{n}], [{n}, 1] or "
+                         f"a PatchGAN critic's [{n}, 1, H, W]), got shape {tuple(logits.shape)}")
 
 
 def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None = None,
@@ -176,7 +176,9 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
     ``gamma * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()``) and for R1/R2.
 
     Args:
-        D: callable ``D(x, **d_kwargs) -> logits`` with one logit per sample ([N] or [N, 1]).
+        D: callable ``D(x, **d_kwargs) -> logits`` of shape [N, ...] ([N], [N, 1], or a PatchGAN
+            critic's [N, 1, H, W]); the per-sample gradient is that of the sum of the sample's
+            logits (``autograd.grad(logits.sum(), x)``) over the whole input sample.
         real: real batch [N, ...] (floating point); detached here.
         fake: generated batch of real's shape, dtype and device; required by "wgan-gp" and
             "r2", ignored by "r1". Detached here.
