@@ -7,12 +7,12 @@ What is fused
 
    - ``Conv2d`` / ``ConvTranspose2d`` followed by an activation module -> the convolution runs
      ``fastgan.functional.conv2d_act`` / ``conv_transpose2d_act`` with the activation as its
-     epilogue, and the activation's slot becomes ``nn.Identity()`` (indexes and state_dict keys
-     do not change);
+     epilogue, and the activation's slot becomes a ``FoldedActivation`` (an identity while the
+     fused module is in place; indexes and state_dict keys do not change);
    - ``BatchNorm2d`` followed by an activation module (typically after a convolution) -> the
      batch norm runs ``fastgan.functional.batch_norm_act`` (training mode: fused statistics +
      normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
-     mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes ``nn.Identity()``.
+     mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes a ``FoldedActivation``.
      Differentiable twice in both modes, so gradient penalties through it are exact.
 
    A Sequential is assumed to be called as a whole (``self.main(x)``): one that is only used
@@ -87,7 +87,7 @@ from torch.nn.utils import parametrize
 
 from .nn import BatchNormAct2d, Conv2dAct, ConvTranspose2dAct
 
-__all__ = ["accelerate", "AccelerateReport", "Replacement", "Skipped", "is_fused"]
+__all__ = ["accelerate", "restore", "AccelerateReport", "Replacement", "Skipped", "FoldedActivation", "is_fused"]
 
 
 # ============================================================================= report
@@ -123,20 +123,31 @@ class Skipped:
 
 @dataclass
 class AccelerateReport:
-    """What :func:`accelerate` replaced and what it left, and why."""
+    """What :func:`accelerate` replaced and what it left, and why. ``left`` names every
+    convolution, linear, normalisation and activation module that still runs torch's code;
+    ``coverage`` is (fused, total) over the model's convolution, linear and normalisation
+    modules; ``copied`` lists the modules a deep copy (``inplace=False``) separated from other
+    objects that shared them."""
     replaced: list[Replacement] = field(default_factory=list)
     left: list[Skipped] = field(default_factory=list)
+    coverage: tuple[int, int] = (0, 0)
+    copied: list[str] = field(default_factory=list)
 
     @property
     def nothing_fused(self) -> bool:
         return not self.replaced
 
     def __str__(self) -> str:
-        lines = [f"fastgan.accelerate: {len(self.replaced)} pattern(s) fused, {len(self.left)} left as is"]
+        fused, total = self.coverage
+        lines = [f"fastgan.accelerate: {len(self.replaced)} pattern(s) fused, {len(self.left)} left as is; "
+                 f"{fused} of {total} conv/linear/norm modules fused"]
         if self.nothing_fused:
             lines[0] += " (nothing to fuse: the model is returned unchanged)"
         lines += [f"  fused  {r}" for r in self.replaced]
         lines += [f"  left   {s}" for s in self.left]
+        if self.copied:
+            lines.append(f"  copied (inplace=False; these were shared with objects outside the model, the copy no "
+                         f"longer shares them): {', '.join(self.copied)}")
         return "\n".join(lines)
 
 
@@ -163,7 +174,7 @@ def _act_of_module(m: nn.Module):
     cls = type(m)
     known = (*_SIMPLE_ACT_MODULES, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Identity)
     base = next((k for k in known if isinstance(m, k)), None)
-    if base is None:
+    if base is None or isinstance(m, FoldedActivation):
         return None, None
     if cls.forward is not base.forward:
         return None, f"{cls.__name__} overrides forward"
@@ -270,6 +281,27 @@ def _fused_extra_repr(self):
     return type(self)._fastgan_base.extra_repr(self) + f", fastgan({self._fastgan_fusion})"
 
 
+class FoldedActivation(nn.Identity):
+    """The slot of an activation folded into the module before it in an ``nn.Sequential``.
+
+    An identity while that module is still the fused one; if a tool replaced it (for example
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` builds a plain SyncBatchNorm from the fused batch
+    norm), it applies the activation again, so the model still computes what it did. It holds
+    no parameters of its own: the state_dict is unchanged. ``fastgan.restore`` puts ``act`` back."""
+
+    def __init__(self, act: nn.Module, parent: nn.Module, slot: str, fused: nn.Module):
+        nn.Module.__init__(self)
+        self.__dict__.update(act=act, _parent=parent, _slot=slot, _fused=fused)  # plain attributes, no submodules
+
+    def forward(self, input):
+        if self._parent._modules.get(self._slot) is self._fused:
+            return input
+        return self.act(input)
+
+    def extra_repr(self) -> str:
+        return f"{self.act!r} folded into {self._slot!r}"
+
+
 def _rebuild_fused(base: type):
     """Unpickling helper: an empty instance of the fused class of ``base``."""
     return object.__new__(_fused_class(base))
@@ -301,7 +333,8 @@ def _fused_class(base: type) -> type:
             "forward": _FORWARDS[_kind(base)],
             "extra_repr": _fused_extra_repr,
             "__reduce_ex__": _fused_reduce_ex,
-            "__module__": __name__,
+            # torch's module path: torch.fx treats the fused module as the leaf its base class is
+            "__module__": base.__module__,
             "__doc__": f"{base.__name__} running fastgan's fused op (made by fastgan.accelerate).",
             "_fastgan_base": base,
             "_fastgan_fused": True,
@@ -317,7 +350,7 @@ def _swap_to_fused(m: nn.Module, fusion: _Fusion) -> None:
         # rebuild it on top of Fused<Base> so that remove_parametrizations still works.
         plain = cls.__bases__[0]
         attrs = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-        new_cls = type(cls.__name__, (_fused_class(plain),), attrs)
+        new_cls = type(cls.__name__, (_fused_class(plain),), {**attrs, "_fastgan_unfused": cls})
     else:
         new_cls = _fused_class(cls)
     m._fastgan_fusion = fusion
@@ -456,7 +489,7 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
                 i += 1
                 continue
             _swap_to_fused(m, fusion)
-            setattr(seq, act_name, nn.Identity())
+            setattr(seq, act_name, FoldedActivation(act_mod, seq, name, m))
             report.replaced.append(Replacement(full, pattern, fusion.act, fusion.alpha, fusion.gain, "sequential",
                                                act_full))
             i += 2
@@ -636,20 +669,104 @@ def _fx_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
             _fx_module(name, m, refs, report)
 
 
+# ============================================================================= the report of what is left
+
+_COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus, nn.PReLU,
+                nn.GELU, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softsign, nn.Hardswish, nn.Hardsigmoid)
+
+
+def _default_reason(m: nn.Module) -> str:
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        return "no supported activation follows it (in an nn.Sequential, or on its output in a traced forward)"
+    if isinstance(m, nn.BatchNorm2d):
+        return "no supported activation follows it in an nn.Sequential"
+    if isinstance(m, _ACTIVATIONS):
+        return "it does not follow a fusable layer"
+    return f"fastgan has no fused form of {type(m).__name__}"
+
+
+def _report_unfused(model: nn.Module, rep: AccelerateReport) -> None:
+    """Add every conv / linear / norm / activation module still running torch's code to ``rep.left``
+    (those a pass already explained keep that reason), and count the coverage."""
+    explained = {s.name for s in rep.left}
+    fused = total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, FoldedActivation) or (isinstance(m, nn.Identity) and not isinstance(m, _COUNTED)):
+            continue
+        counted = isinstance(m, _COUNTED)
+        total += counted
+        if is_fused(m):
+            fused += counted
+        elif (counted or isinstance(m, _ACTIVATIONS)) and name not in explained:
+            rep.left.append(Skipped(name, _label(m), _default_reason(m)))
+    rep.coverage = (fused, total)
+
+
+def _shared_outside(model: nn.Module) -> list[str]:
+    """Qualified names of submodules that a module outside ``model`` also holds as a child."""
+    import gc
+
+    inside = {id(m) for m in model.modules()}
+    owners = {}  # id(_modules dict) -> owning module, for every live module
+    for obj in gc.get_objects():
+        if issubclass(type(obj), nn.Module):  # type(), not isinstance: weak proxies and lazy objects
+            owners[id(obj._modules)] = obj
+    shared = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        for ref in gc.get_referrers(m):
+            owner = owners.get(id(ref)) if isinstance(ref, dict) else None
+            if owner is not None and id(owner) not in inside:
+                shared.append(name)
+                break
+    return shared
+
+
+# ============================================================================= restore
+
+def restore(model: nn.Module) -> nn.Module:
+    """The exact inverse of :func:`accelerate`, in place: every fused module becomes its own torch
+    class again, every folded activation returns to its slot, every forward rewritten by fx is
+    the class's own again. Returns ``model``. Use it before tools that need torch's own modules
+    (``torch.jit.script``, ONNX export, a quantizer) or to compare against the original."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"restore expects a torch.nn.Module, got {type(model).__name__}")
+    for parent in list(model.modules()):
+        for slot, child in list(parent._modules.items()):
+            if isinstance(child, FoldedActivation):
+                parent._modules[slot] = child.act
+    for m in model.modules():
+        cls = type(m)
+        if is_fused(m):
+            # Parametrized<Fused<Base>> -> the Parametrized<Base> it was made from; Fused<Base> -> Base
+            m.__class__ = cls.__dict__.get("_fastgan_unfused", cls._fastgan_base)
+            for attr in ("_fastgan_fusion", *_EPILOGUE):
+                m.__dict__.pop(attr, None)
+        elif getattr(cls, "_fastgan_fx", False):
+            m.__class__ = cls._fastgan_fx_base
+    model.__dict__.pop("fastgan_report", None)
+    return model
+
+
 # ============================================================================= entry point
 
 def _signature(model: nn.Module) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def accelerate(model: nn.Module, inplace: bool = False, dtype: torch.dtype | None = None, report: bool = False,
+def accelerate(model: nn.Module, inplace: bool = True, dtype: torch.dtype | None = None, report: bool = False,
                fx: bool = True, batch_norm: bool = True):
     """Fuse the convolution/batch-norm + activation patterns of ``model`` into fastgan's ops.
 
     Args:
         model: any ``torch.nn.Module`` (a TypeError otherwise).
-        inplace: modify ``model`` itself (its modules keep their identity, so an optimizer built
-            on it keeps working); default False: a deep copy is rewritten and returned.
+        inplace: default True: rewrite ``model`` itself and return it (its modules and parameters
+            keep their identity: an optimizer built before keeps training it, modules shared with
+            other models stay shared). ``inplace=False``: rewrite and return a deep copy, which has
+            parameters of its own (an optimizer built on the original does not train the copy; the
+            report lists modules the copy stopped sharing with other objects).
         dtype: optionally cast the (copied) model to this floating dtype first (``model.to(dtype)``).
         report: also return the :class:`AccelerateReport` (``(model, report)``).
         fx: also rewrite user forwards with torch.fx (default True); False: Sequential only.
@@ -674,16 +791,19 @@ def accelerate(model: nn.Module, inplace: bool = False, dtype: torch.dtype | Non
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
     original = model
+    copied = []
     if not inplace:
+        copied = _shared_outside(model)
         model = copy.deepcopy(model)
     if dtype is not None:
         model = model.to(dtype)
     before = _signature(model)
-    rep = AccelerateReport()
+    rep = AccelerateReport(copied=copied)
     refs = _reference_counts(model)
     _sequential_pass(model, refs, rep, batch_norm)
     if fx:
         _fx_pass(model, refs, rep)
+    _report_unfused(model, rep)
     after = _signature(model)
     if after != before:  # never expected: the rewrite only swaps classes and activation slots
         changed = sorted(set(before) ^ set(after)) or [k for k in before if before[k] != after.get(k)]

@@ -139,7 +139,7 @@ def _assert_same_state(a, b, what, tol=None):
 def test_outputs_and_gradients_match_in_train_and_eval(name, dtype, device, no_tf32):
     model, x, expected = _make(name, device, dtype)
     tol = None if dtype == torch.float64 else F32_TOL
-    acc, report = fastgan.accelerate(model, report=True)
+    acc, report = fastgan.accelerate(model, inplace=False, report=True)
     assert acc is not model and acc.fastgan_report is report
     assert {r.name: (r.pattern, r.act, r.alpha) for r in report.replaced} == expected
     assert all(r.gain == 1.0 for r in report.replaced)
@@ -161,7 +161,7 @@ def test_outputs_and_gradients_match_in_train_and_eval(name, dtype, device, no_t
 @pytest.mark.parametrize("name", ["dcgan_g", "sngan_d"])
 def test_state_dict_round_trips_both_ways(name, device):
     model, x, _ = _make(name, device)
-    acc = fastgan.accelerate(model)
+    acc = fastgan.accelerate(model, inplace=False)
     other, _, _ = _make(name, device)  # fresh weights
     other_acc = fastgan.accelerate(other)
     other_acc.load_state_dict(model.state_dict())          # original checkpoint -> accelerated model
@@ -210,10 +210,13 @@ def test_untraceable_model_is_reported_not_partially_rewritten(device):
 
 
 def test_nothing_to_fuse_returns_an_equal_copy(device):
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Conv2d(1, 2, 3), nn.Dropout()).to(device)
-    acc, report = fastgan.accelerate(model, report=True)
-    assert acc is not model and report.nothing_fused and not report.left
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(), nn.Conv2d(1, 2, 3), nn.Dropout()).to(device)
+    acc, report = fastgan.accelerate(model, inplace=False, report=True)
+    assert acc is not model and report.nothing_fused
     assert "nothing to fuse" in str(report)
+    # every conv / linear / norm / activation module left as is is listed, with the reason (issue 13)
+    assert {s.name: s.pattern for s in report.left} == {"0": "Linear", "2": "Conv2d"}
+    assert report.coverage == (0, 2) and "0 of 2 conv/linear/norm modules fused" in str(report)
     assert [type(m) for m in acc.modules()] == [type(m) for m in model.modules()]
     _assert_same_state(acc, model, "copy")
 
@@ -280,7 +283,7 @@ def test_inplace_dtype_and_idempotence(device):
     model(x).sum().backward()
     opt.step()  # the optimizer built before the call still owns the parameters
     again, report = fastgan.accelerate(model, report=True)
-    assert report.nothing_fused and not report.left
+    assert report.nothing_fused and [s.name for s in report.left] == ["2"]  # the conv before batch norm
     double = fastgan.accelerate(dcgan_discriminator().to(device), dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in double.parameters())
     assert double(x.double()).dtype == torch.float64
@@ -307,7 +310,7 @@ def test_deepcopy_and_pickle(device):
 def test_r1_penalty_through_accelerated_discriminator(device):
     """Second order through the fused convolutions (gradient penalty) equals the original."""
     model, x, _ = _make("sngan_d", device)
-    acc = fastgan.accelerate(model)
+    acc = fastgan.accelerate(model, inplace=False)
     model.eval()
     acc.eval()
     grads = []
@@ -402,7 +405,7 @@ def test_readme_wgan_gp_before_and_after_agree(device):
     loss_g = -D(fake).mean()
     before = (loss_d.detach(), loss_g.detach(), [p.grad.clone() for p in D.parameters()])
     # after
-    D_fast = fastgan.accelerate(D)
+    D_fast = fastgan.accelerate(D, inplace=False)
     D_fast.zero_grad(set_to_none=True)
     loss_d = d_loss(D_fast(real), D_fast(fake), kind="wgan") + gradient_penalty(
         D_fast, real, fake, kind="wgan-gp", gamma=10.0, eps=eps)
@@ -422,3 +425,67 @@ def test_report_str_lists_everything():
     text = str(report)
     assert "0: Conv2d+LeakyReLU -> fused act=lrelu, alpha=0.2, gain=1" in text
     assert "removed 1" in text
+
+
+def test_optimizer_built_before_accelerate_trains_the_model(device):
+    """The common line `G = fastgan.accelerate(G)` rewrites G in place (issue 18: a deep copy by
+    default left an optimizer built before it training nothing, silently)."""
+    model, x, _ = _make("dcgan_g", device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = fastgan.accelerate(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_shared_blocks_stay_shared_in_place_and_copies_are_reported(device):
+    """Two encoders sharing a block (UNIT): in place the sharing survives; a copy says what it
+    separated (issue 13)."""
+    shared = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.LeakyReLU(0.2))
+    e1 = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), shared).to(device)
+    e2 = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), shared).to(device)
+    copy_, report = fastgan.accelerate(e1, inplace=False, report=True)
+    assert copy_[2] is not e2[2] and report.copied == ["2"]
+    assert "copied" in str(report)
+    same, report = fastgan.accelerate(e1, report=True)
+    assert same[2] is e2[2] and is_fused(e2[2][0]) and not report.copied
+    x = torch.randn(1, 3, 5, 5, device=device, dtype=e2[0].weight.dtype)
+    ref = F.leaky_relu(F.conv2d(F.relu(e2[0](x)), shared[0].weight, shared[0].bias, padding=1), 0.2)
+    assert_close(e2(x), ref, torch.float32, "the other encoder through the shared fused block", F32_TOL)
+
+
+def test_restore_is_the_exact_inverse(device):
+    """fastgan.restore(accelerate(m)) is m again: torch's classes, the activation modules back in
+    their slots, the user forwards fx rewrote, parametrizations kept."""
+    for name in ("dcgan_g", "dcgan_d", "sngan_d"):
+        model, x, _ = _make(name, device)
+        original = copy.deepcopy(model)
+        fastgan.restore(fastgan.accelerate(model))
+        assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()], name
+        assert list(model.state_dict()) == list(original.state_dict())
+        assert not any(is_fused(m) for m in model.modules())
+        model.eval()
+        original.eval()
+        assert_close(model(x), original(x), torch.float64, f"{name} restored")
+    sn, x, _ = _make("sngan_d", device)
+    fastgan.restore(fastgan.accelerate(sn))
+    assert parametrize.is_parametrized(sn.c1, "weight") and type(sn.c1).__bases__[0] is nn.Conv2d
+
+
+def test_module_tools_see_the_torch_model(device):
+    """SyncBatchNorm conversion keeps the folded activation (it was dropped: 7.7e-2 off), and
+    torch.fx.symbolic_trace traces an accelerated model (fused modules are leaves)."""
+    model, x, _ = _make("dcgan_g", device)
+    model.eval()
+    ref = copy.deepcopy(model)(x)
+    fastgan.accelerate(model)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
+    assert_close(converted(x), ref, torch.float64, "after convert_sync_batchnorm")
+    d, xd, _ = _make("dcgan_d", device)
+    ref_d = copy.deepcopy(d)(xd)
+    traced = torch.fx.symbolic_trace(fastgan.accelerate(d))
+    assert any(n.op == "call_module" for n in traced.graph.nodes)
+    assert_close(traced(xd), ref_d, torch.float64, "fx-traced accelerated model")
