@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .nn import BatchNormAct2d, Conv2dAct, ConvTranspose2dAct
+from .nn import BatchNormAct1d, BatchNormAct2d, Conv2dAct, ConvTranspose2dAct, InstanceNormAct2d, LinearAct
 
 __all__ = ["accelerate", "restore", "AccelerateReport", "Replacement", "Skipped", "FoldedActivation", "is_fused"]
 
@@ -311,18 +311,35 @@ def _fused_reduce_ex(self, protocol):
     return _rebuild_fused, (type(self)._fastgan_base,), self.__getstate__()
 
 
-# the fused forwards are fastgan.nn's own, bound onto torch's classes
-_FORWARDS = {nn.Conv2d: Conv2dAct.forward, nn.ConvTranspose2d: ConvTranspose2dAct.forward,
-             nn.BatchNorm2d: BatchNormAct2d.forward}
+@dataclass(frozen=True)
+class _Kind:
+    """A torch layer accelerate can fuse: the fastgan.nn methods bound onto it, the torch methods
+    a subclass must not override, and whether it is a normalisation layer."""
+    base: type
+    methods: dict
+    frozen: tuple = ()
+    role: str = "convolution"
+    norm: bool = False
+
+
+# the fused methods are fastgan.nn's own, bound onto torch's classes (most specific class first)
+_KINDS = (
+    _Kind(nn.ConvTranspose2d, {"forward": ConvTranspose2dAct.forward}, ("_output_padding",)),
+    _Kind(nn.Conv2d, {"forward": Conv2dAct.forward}, ("_conv_forward",)),
+    _Kind(nn.Linear, {"forward": LinearAct.forward}, role="linear layer"),
+    _Kind(nn.BatchNorm1d, {"forward": BatchNormAct1d.forward}, ("_check_input_dim",), "batch norm", True),
+    _Kind(nn.BatchNorm2d, {"forward": BatchNormAct2d.forward}, ("_check_input_dim",), "batch norm", True),
+    _Kind(nn.InstanceNorm2d, {"_apply_instance_norm": InstanceNormAct2d._apply_instance_norm},
+          ("forward", "_check_input_dim", "_handle_no_batch_input"), "instance norm", True),
+)
 _EPILOGUE = ("act", "alpha", "gain", "clamp")
 _FUSED_CLASSES: dict[type, type] = {}
 
 
-def _kind(base: type) -> type:
-    for kind in _FORWARDS:
-        if issubclass(base, kind):
-            return kind
-    raise TypeError(f"no fused form for {base.__name__}")
+def _kind_of(m) -> _Kind | None:
+    """The fusable kind ``m`` (an instance or a class; possibly parametrized) is, or None."""
+    cls = m if isinstance(m, type) else type(m)
+    return next((k for k in _KINDS if issubclass(cls, k.base)), None)
 
 
 def _fused_class(base: type) -> type:
@@ -330,7 +347,7 @@ def _fused_class(base: type) -> type:
     cls = _FUSED_CLASSES.get(base)
     if cls is None:
         cls = type(f"Fused{base.__name__}", (base,), {
-            "forward": _FORWARDS[_kind(base)],
+            **_kind_of(base).methods,
             "extra_repr": _fused_extra_repr,
             "__reduce_ex__": _fused_reduce_ex,
             # torch's module path: torch.fx treats the fused module as the leaf its base class is
@@ -382,57 +399,28 @@ def _plain_class(m: nn.Module) -> type:
     return type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
 
 
-def _conv_kind(m: nn.Module):
-    """nn.Conv2d / nn.ConvTranspose2d if ``m`` is one (possibly parametrized), else None."""
-    if isinstance(m, nn.ConvTranspose2d):
-        return nn.ConvTranspose2d
-    if isinstance(m, nn.Conv2d):
-        return nn.Conv2d
-    return None
-
-
-def _conv_reason(m: nn.Module, refs: Counter) -> str | None:
-    """Why the convolution ``m`` cannot be fused (None: it can)."""
-    kind = _conv_kind(m)
+def _fusable_reason(m: nn.Module, kind: _Kind, refs: Counter) -> str | None:
+    """Why the layer ``m`` of ``kind`` cannot be fused (None: it can)."""
     if is_fused(m):
         return "already fused"
     cls = type(m)
-    if cls.forward is not kind.forward:
-        return f"{cls.__name__} overrides forward"
-    if kind is nn.Conv2d and cls._conv_forward is not nn.Conv2d._conv_forward:
-        return f"{cls.__name__} overrides _conv_forward"
-    if kind is nn.ConvTranspose2d and cls._output_padding is not nn.ConvTranspose2d._output_padding:
-        return f"{cls.__name__} overrides _output_padding"
-    if parametrize.is_parametrized(m) and len(cls.__bases__) != 1:
-        return "unexpected parametrized class layout"
-    if m.padding_mode != "zeros":
-        return f"padding_mode={m.padding_mode!r} (only 'zeros' is fused)"
-    if isinstance(m.padding, str) and m.padding == "same":
-        for k, d in zip(m.kernel_size, m.dilation):
-            if d * (k - 1) % 2:
-                return "padding='same' needs asymmetric padding for this kernel size"
+    for name in (*kind.methods, *kind.frozen):
+        if getattr(cls, name) is not getattr(kind.base, name):
+            return f"{cls.__name__} overrides {name}"
+    if parametrize.is_parametrized(m) and (kind.norm or len(cls.__bases__) != 1):
+        return f"parametrized {kind.role}" if kind.norm else "unexpected parametrized class layout"
+    if kind.base in (nn.Conv2d, nn.ConvTranspose2d):
+        if m.padding_mode != "zeros":
+            return f"padding_mode={m.padding_mode!r} (only 'zeros' is fused)"
+        if isinstance(m.padding, str) and m.padding == "same":
+            for k, d in zip(m.kernel_size, m.dilation):
+                if d * (k - 1) % 2:
+                    return "padding='same' needs asymmetric padding for this kernel size"
     # (never read m.weight here: for a parametrized module in training mode that would run the
     # parametrization, e.g. one power iteration of spectral norm, and change its state)
     if refs[id(m)] > 1:
         return "the module is referenced from more than one place"
-    return _hooks_reason(m, "convolution") or _attributes_reason(m)
-
-
-def _bn_reason(m: nn.Module, refs: Counter) -> str | None:
-    if is_fused(m):
-        return "already fused"
-    cls = type(m)
-    if parametrize.is_parametrized(m):
-        return "parametrized batch norm"
-    if cls.forward is not nn.BatchNorm2d.forward or cls._check_input_dim is not nn.BatchNorm2d._check_input_dim:
-        return f"{cls.__name__} overrides forward"
-    if refs[id(m)] > 1:
-        return "the module is referenced from more than one place"
-    return _hooks_reason(m, "batch norm") or _attributes_reason(m)
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, nn.BatchNorm2d)
+    return _hooks_reason(m, kind.role) or _attributes_reason(m)
 
 
 def _reference_counts(model: nn.Module) -> Counter:
@@ -466,21 +454,21 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
         i = 0
         while i + 1 < len(items):
             (name, m), (act_name, act_mod) = items[i], items[i + 1]
-            conv, bn = _conv_kind(m) is not None, batch_norm and _is_bn(m)
-            if not (conv or bn):
+            kind = _kind_of(m)
+            if kind is None or (not batch_norm and kind.role == "batch norm"):
                 i += 1
                 continue
             fusion, reason = _act_of_module(act_mod)
             if fusion is None and reason is None:
                 i += 1
                 continue
-            if bn and fusion is not None and fusion.act == "linear":
+            if kind.norm and fusion is not None and fusion.act == "linear":
                 i += 1
                 continue
             full, act_full = _join(seq_name, name), _join(seq_name, act_name)
             pattern = f"{_label(m)}+{type(act_mod).__name__}"
             if reason is None:
-                reason = _conv_reason(m, refs) if conv else _bn_reason(m, refs)
+                reason = _fusable_reason(m, kind, refs)
             if reason is None:
                 reason = _hooks_reason(act_mod, "activation")
             if reason is not None:
@@ -504,16 +492,17 @@ class _ShallowTracer(torch.fx.Tracer):
         return True
 
 
-def _candidate_convs(m: nn.Module, prefix: str = "") -> list[str]:
-    """Convolutions a forward of ``m`` can call directly (children, or inside ModuleList/Dict)."""
+def _candidate_layers(m: nn.Module, batch_norm: bool, prefix: str = "") -> list[str]:
+    """Fusable layers a forward of ``m`` can call directly (children, or inside ModuleList/Dict)."""
     out = []
     for name, child in m._modules.items():
         if child is None:
             continue
-        if _conv_kind(child) is not None and not is_fused(child):
+        kind = _kind_of(child)
+        if kind is not None and not is_fused(child) and (batch_norm or kind.role != "batch norm"):
             out.append(_join(prefix, name))
         elif type(child) in (nn.ModuleList, nn.ModuleDict):
-            out += _candidate_convs(child, _join(prefix, name))
+            out += _candidate_layers(child, batch_norm, _join(prefix, name))
     return out
 
 
@@ -576,12 +565,12 @@ def _install_forward(m: nn.Module, forward) -> None:
     })
 
 
-def _fx_module(prefix: str, m: nn.Module, refs: Counter, report: AccelerateReport) -> None:
-    convs = _candidate_convs(m)
-    if not convs:
+def _fx_module(prefix: str, m: nn.Module, refs: Counter, report: AccelerateReport, batch_norm: bool) -> None:
+    layers = _candidate_layers(m, batch_norm)
+    if not layers:
         return
     what = f"{type(m).__name__}.forward"
-    listed = ", ".join(_join(prefix, c) for c in convs)
+    listed = ", ".join(_join(prefix, c) for c in layers)
     reason = _traceable_signature(m)
     if reason is None:
         try:
@@ -604,7 +593,7 @@ def _fx_module(prefix: str, m: nn.Module, refs: Counter, report: AccelerateRepor
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     plan = []
     for node in graph.nodes:
-        if node.op != "call_module" or node.target not in convs:
+        if node.op != "call_module" or node.target not in layers:
             continue
         users = list(node.users)
         acts = [(u, *_act_of_node(u, m)) for u in users]
@@ -612,28 +601,28 @@ def _fx_module(prefix: str, m: nn.Module, refs: Counter, report: AccelerateRepor
         if not acts:
             continue
         user, fusion, reason = acts[0]
-        conv = m.get_submodule(node.target)
+        layer = m.get_submodule(node.target)
         full = _join(prefix, node.target)
-        pattern = f"{_label(conv)}+{_node_label(user)}"
+        pattern = f"{_label(layer)}+{_node_label(user)}"
         if reason is None and len(users) != 1:
-            reason = "the convolution's output has other users besides the activation"
+            reason = "the layer's output has other users besides the activation"
         if reason is None and calls[node.target] != 1:
-            reason = "the convolution is called more than once in this forward"
+            reason = "the layer is called more than once in this forward"
         if reason is None:
-            reason = _conv_reason(conv, refs)
+            reason = _fusable_reason(layer, _kind_of(layer), refs)
         if reason is not None:
             report.left.append(Skipped(full, pattern, reason))
             continue
-        plan.append((node, user, conv, full, pattern, fusion))
+        plan.append((node, user, layer, full, pattern, fusion))
     if not plan:
         return
-    for node, user, conv, full, pattern, fusion in plan:
+    for node, user, layer, full, pattern, fusion in plan:
         user.replace_all_uses_with(node)
         graph.erase_node(user)
     graph.lint()
     forward = _compile_forward(graph, type(m))
-    for node, user, conv, full, pattern, fusion in plan:
-        _swap_to_fused(conv, fusion)
+    for node, user, layer, full, pattern, fusion in plan:
+        _swap_to_fused(layer, fusion)
         report.replaced.append(Replacement(full, pattern, fusion.act, fusion.alpha, fusion.gain, "fx",
                                            f"{_node_label(user)} in {what}"))
     _install_forward(m, forward)
@@ -663,10 +652,10 @@ def _is_user_module(m: nn.Module) -> bool:
     return not module.startswith("torch.")
 
 
-def _fx_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
+def _fx_pass(model: nn.Module, refs: Counter, report: AccelerateReport, batch_norm: bool) -> None:
     for name, m in list(model.named_modules()):
         if _is_user_module(m):
-            _fx_module(name, m, refs, report)
+            _fx_module(name, m, refs, report, batch_norm)
 
 
 # ============================================================================= the report of what is left
@@ -676,11 +665,21 @@ _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.
                 nn.GELU, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softsign, nn.Hardswish, nn.Hardsigmoid)
 
 
+_NO_FUSED_FORM = {
+    nn.SyncBatchNorm: "cross-process batch statistics: no fused form",
+    nn.GroupNorm: "no fused form (its statistics groups span several channels: they do not fit the batch-norm "
+                  "kernel's per-channel layout)",
+    nn.LayerNorm: "no fused form (its affine map is per element, not per channel)",
+    nn.PReLU: "no fused form (its slope is a learned parameter; fastgan's lrelu slope is a constant)",
+}
+
+
 def _default_reason(m: nn.Module) -> str:
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+    for cls, reason in _NO_FUSED_FORM.items():
+        if isinstance(m, cls):
+            return reason
+    if _kind_of(m) is not None:
         return "no supported activation follows it (in an nn.Sequential, or on its output in a traced forward)"
-    if isinstance(m, nn.BatchNorm2d):
-        return "no supported activation follows it in an nn.Sequential"
     if isinstance(m, _ACTIVATIONS):
         return "it does not follow a fusable layer"
     return f"fastgan has no fused form of {type(m).__name__}"
@@ -802,7 +801,7 @@ def accelerate(model: nn.Module, inplace: bool = True, dtype: torch.dtype | None
     refs = _reference_counts(model)
     _sequential_pass(model, refs, rep, batch_norm)
     if fx:
-        _fx_pass(model, refs, rep)
+        _fx_pass(model, refs, rep, batch_norm)
     _report_unfused(model, rep)
     after = _signature(model)
     if after != before:  # never expected: the rewrite only swaps classes and activation slots

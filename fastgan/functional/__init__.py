@@ -4,13 +4,14 @@ custom op under torch.compile, sharing one forward and one backward) and its pub
 which validates the arguments and runs the reference on the "eager" backend, the fused op
 otherwise (``fastgan.backend``)."""
 from .activations import ACTIVATIONS, ActSpec, resolve_act
-from .batch_norm_act import batch_norm_act
+from .batch_norm_act import batch_norm_act, instance_norm_act
 from .bias_act import bias_act
 from .conv import conv2d_act, conv_transpose2d_act
 from .fused_op import REGISTERED, check_registered
+from .linear import linear_act
 from .losses import LOSS_KINDS, d_loss, g_loss
 from .penalty import PENALTY_KINDS, gradient_penalty, lazy_adam_hparams, lazy_regularization
 
-__all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act", "batch_norm_act", "conv2d_act",
-           "conv_transpose2d_act", "LOSS_KINDS", "d_loss", "g_loss", "PENALTY_KINDS", "gradient_penalty",
+__all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act", "batch_norm_act", "instance_norm_act", "linear_act",
+           "conv2d_act", "conv_transpose2d_act", "LOSS_KINDS", "d_loss", "g_loss", "PENALTY_KINDS", "gradient_penalty",
            "lazy_regularization", "lazy_adam_hparams", "REGISTERED", "check_registered"]

@@ -1,4 +1,5 @@
-"""batch_norm_act: y = clamp(act(batch_norm(x)) * gain), fused in training mode.
+"""batch_norm_act, instance_norm_act: y = clamp(act(norm(x)) * gain), fused when the batch's
+(instances') own statistics normalise.
 
 Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``: a
 statistics pass and one normalise + affine + activation pass forward, a reduction pass and
@@ -34,7 +35,7 @@ from .activations import ActSpec, resolve_act
 from .bias_act import bias_act
 from .fused_op import FusedOp, fresh_like
 
-__all__ = ["batch_norm_act"]
+__all__ = ["batch_norm_act", "instance_norm_act"]
 
 
 def _stats_dtype(x: Tensor) -> torch.dtype:
@@ -140,8 +141,8 @@ BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, 
 def _check(x, weight, bias, running_mean, running_var):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-d [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be [N, C, ...] (at least 2-d), got shape {tuple(x.shape)}")
     c = x.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
@@ -178,3 +179,43 @@ def batch_norm_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optio
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
             running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).to(running_var.dtype), alpha=momentum)
     return y
+
+
+def instance_norm_act(x: Tensor, running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
+                      weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                      momentum: float = 0.1, eps: float = 1e-5, act: str = "relu", alpha: Optional[float] = None,
+                      gain: Optional[float] = None, clamp: Optional[float] = None) -> Tensor:
+    """``clamp(act(F.instance_norm(x, ...)) * gain)`` with ``F.instance_norm``'s semantics.
+
+    With the instances' own statistics, x [N, C, ...] is the batch norm of its view [1, N * C, ...]
+    (one "channel" per instance and channel), so it runs the fused ``batch_norm_act`` op, twice
+    differentiable; running statistics (when given) become the batch means of the instance
+    statistics, as torch's. With running statistics it is an affine map: ``F.instance_norm``,
+    then the fused ``bias_act``.
+    """
+    _check(x, None, None, None, None)
+    c = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and (t.shape != (c,) or t.device != x.device):
+            raise ValueError(f"{name} must have shape [{c}] on x's device {x.device}, got {tuple(t.shape)} on "
+                             f"{t.device}")
+    spec = resolve_act(act, alpha, gain, clamp)
+    if x.numel() // (x.shape[0] * c) <= 1 and use_input_stats:
+        raise ValueError(f"expected more than 1 spatial element when training, got input of shape {tuple(x.shape)}")
+    if _backend.backend_for(x) == "eager":
+        return spec.reference(F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                              eps))
+    if not use_input_stats:
+        z = F.instance_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+        return bias_act(z, None, 1, spec.act, spec.alpha if spec.act == "lrelu" else None, spec.gain, spec.clamp)
+    n = x.shape[0]
+    view = x.reshape(1, n * c, -1)
+    repeated = [t.repeat(n) if t is not None else None for t in (weight, bias)]
+    y, mean, var = BATCH_NORM_ACT(view, *repeated, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
+    if running_mean is not None and running_var is not None:
+        m = view.shape[2]
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.view(n, c).mean(0).to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).view(n, c).mean(0).to(running_var.dtype),
+                                                alpha=momentum)
+    return y.view(x.shape)

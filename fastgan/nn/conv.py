@@ -12,42 +12,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import conv2d_act, conv_transpose2d_act, resolve_act
+from ..functional import conv2d_act, conv_transpose2d_act
+from .epilogue import Epilogue, epilogue, params_for
 
 __all__ = ["Conv2dAct", "ConvTranspose2dAct"]
 
 
-def params_for(module: nn.Module, x: torch.Tensor):
-    """(weight, bias) in x's dtype (bf16/fp16 inputs with float32 parameters); under autocast
-    the functional op casts everything to the autocast dtype itself."""
-    w, b = module.weight, module.bias
-    if w.dtype != x.dtype:
-        w = w.to(x.dtype)
-    if b is not None and b.dtype != x.dtype:
-        b = b.to(x.dtype)
-    return w, b
-
-
-def epilogue(module: nn.Module) -> dict:
-    """The activation keyword arguments of a fused module."""
-    return {"act": module.act, "alpha": module.alpha, "gain": module.gain, "clamp": module.clamp}
-
-
-class _Epilogue:
-    """The activation attributes shared by both modules: validated once, shown in the repr."""
+class _Epilogue(Epilogue):
+    """The conv modules' epilogue, their padding_mode check and ``from_torch``."""
 
     def _set_epilogue(self, act, alpha, gain, clamp, padding_mode):
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode={padding_mode!r} is not supported by {type(self).__name__}; only 'zeros'")
-        resolve_act(act, alpha, gain, clamp)  # validate early
-        self.act, self.alpha, self.gain, self.clamp = act, alpha, gain, clamp
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr() + f", act={self.act!r}"
-        for name in ("alpha", "gain", "clamp"):
-            if getattr(self, name) is not None:
-                s += f", {name}={getattr(self, name)}"
-        return s
+        super()._set_epilogue(act, alpha, gain, clamp)
 
     @classmethod
     def from_torch(cls, conv, act: str = "linear", alpha=None, gain=None, clamp=None):
