@@ -166,10 +166,18 @@ class Trainer:
             merged[name] = getattr(cfg, name)
         return TrainConfig.from_dict(merged)
 
-    def state_dict(self) -> dict:
+    def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "noise": self.noise.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def state_dict(self, rng_per_rank: list | None = None) -> dict:
+        """Everything a resume needs. Data parallel: ``rng_per_rank`` (every rank's ``_rng_state()``,
+        gathered by ``save``) is stored too, so that each rank resumes its own random streams."""
+        rng = self._rng_state()
+        if rng_per_rank is not None:
+            rng["per_rank"] = rng_per_rank
         opt_g, opt_d = self.opt_g.state_dict(), self.opt_d.state_dict()
         if self.graphs is not None:  # float lr, capturable=False: resumable by an eager run, CPU included
             opt_g, opt_d = graph_util.portable_optimizer_state(opt_g), graph_util.portable_optimizer_state(opt_d)
@@ -200,18 +208,33 @@ class Trainer:
             raise CheckpointError(f"{path}: checkpoint does not fit these models ({first})") from None
         self.step, self.d_steps = int(state["step"]), int(state.get("d_steps", 0))
         self.fixed_z = state.get("fixed_z", self.fixed_z)
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["noise"].numel() == self.noise.get_state().numel():
-            self.noise.set_state(state["rng"]["noise"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rng = state["rng"]
+        per_rank = rng.get("per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            rng = per_rank[self.dist.rank]  # this rank's own streams (a data-parallel checkpoint)
+        elif self.dist.enabled:  # rank 0's streams would give every rank the same noise: derive them
+            warnings.warn(f"{path}: no random state for {self.dist.world_size} ranks in this checkpoint; each rank "
+                          "reseeds from (seed, rank, step), so this resume is not bitwise the uninterrupted run",
+                          RuntimeWarning, stacklevel=3)
+            derived = (self.cfg.seed * 1000003 + self.dist.rank) * 1000003 + self.step
+            torch.manual_seed(derived)
+            self.noise.manual_seed(derived + 1)
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng["noise"].numel() == self.noise.get_state().numel():
+            self.noise.set_state(rng["noise"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def save(self, path: str | None = None) -> str | None:
-        if not self.dist.is_main:
-            return None
+        """Write the checkpoint (rank 0). Every rank must call it: the ranks' random states are
+        gathered first, so that a resume gives each rank its own streams back."""
+        per_rank = dist_util.gather_objects(self._rng_state(), self.dist) if self.dist.enabled else None
         path = path or os.path.join(self.cfg.out, LATEST)
-        save_checkpoint(self.state_dict(), path)
-        return path
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(per_rank), path)
+        dist_util.barrier(self.dist)  # the file exists for every rank once save returns
+        return path if self.dist.is_main else None
 
     # ------------------------------------------------------------------ steps
 
