@@ -1,4 +1,5 @@
 """Helpers shared by the kernel launchers: dtype checks, tile sizes, interpreter detection."""
+import functools
 import math
 import os
 import struct
@@ -14,8 +15,10 @@ TILE_ELEMENTS = 4096
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+@functools.lru_cache(maxsize=1)
 def is_interpreted() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1). Read once: the
+    kernels' mode is fixed when they are defined."""
     try:
         import triton
 
@@ -43,7 +46,12 @@ def split_float(value: float) -> tuple[float, float]:
 
 
 def check_launch_dtype(x: torch.Tensor, *others) -> None:
-    """Last line of defence before a launch: floating dtypes, one dtype, one device."""
+    """Last line of defence before a launch: floating dtypes, one dtype, one device that the
+    kernels can run on (CUDA, or any device in the interpreter)."""
+    if x.device.type != "cuda" and not is_interpreted():
+        raise RuntimeError(f"fastgan's Triton kernels run on CUDA tensors (or, for testing, in the Triton interpreter: "
+                           f"FASTGAN_BACKEND=interpret), got a tensor on {x.device}; fastgan.functional runs the "
+                           f"eager reference there (a torch.ops.fastgan op called directly does not)")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"kernel input must be float16/bfloat16/float32/float64, got {x.dtype}")
     for t in others:

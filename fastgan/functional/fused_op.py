@@ -14,7 +14,8 @@ An op is four plain functions, written in its own module of ``fastgan.functional
 Both runtimes run exactly these functions:
 
 - eager code: a ``torch.autograd.Function`` in the ``setup_context`` form (``forward`` takes
-  no ctx), which ``torch.func`` transforms accept;
+  no ctx), which ``torch.func`` transforms accept (``grad``, ``vjp``; ``vmap`` by a loop over the
+  vmapped dim);
 - ``torch.compile`` (dynamo, and AOTAutograd tracing a backward): the custom op
   ``torch.ops.fastgan.<name>`` with ``register_fake`` and ``register_autograd``, one opaque node
   per call.
@@ -70,6 +71,18 @@ class _Function(torch.autograd.Function):
         return super(torch.autograd.Function, cls).apply(*args)
 
 
+def _vmap_rule(call: Callable):
+    """torch.func.vmap of an op by a loop over the vmapped dim: each slice runs the op itself, and
+    the results are stacked (exact; as fast as the loop)."""
+    def vmap(info, in_dims, *args):
+        outs = [call(*[a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
+                       for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+    return vmap
+
+
 class FusedOp:
     """One op: ``FusedOp(name, forward, fake, setup_context, backward)``; call it like ``forward``.
     Without a backward, ``limit`` says which orders the op's family supports (the error text)."""
@@ -83,9 +96,11 @@ class FusedOp:
         self.function = type(camel, (_Function,), {
             "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward), "__module__": forward.__module__, "__doc__": forward.__doc__})
+        self.function.vmap = staticmethod(_vmap_rule(self.function.apply))
         self.op = torch.library.custom_op(f"{namespace}::{name}", forward, mutates_args=())
         self.op.register_fake(fake)
         self.op.register_autograd(backward, setup_context=setup_context)
+        self.op.register_vmap(_vmap_rule(self.op))
         if namespace == "fastgan":
             REGISTERED[name] = self
 

@@ -160,7 +160,8 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns") -> Tensor
         real_logits: D's logits on real samples, any shape [N, ...]: [N], [N, 1], or a PatchGAN
             critic's [N, 1, H, W]; every term is a mean over *all* elements, as ``D(x).mean()``.
         fake_logits: D's logits on generated samples, [M, ...]; M and the shape may differ from
-            real's. Same dtype and device as ``real_logits``.
+            real's. Same device as ``real_logits``; different dtypes (e.g. under autocast) are
+            promoted as torch promotes them.
         kind: "ns", "minimax", "hinge", "wgan" or "lsgan".
 
     Returns a 0-d float32 tensor (float64 for float64 logits). Differentiable once w.r.t.
@@ -173,12 +174,12 @@ def d_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "ns") -> Tensor
     _check_kind(kind)
     _check_logits(real_logits, "real_logits")
     _check_logits(fake_logits, "fake_logits")
-    if real_logits.dtype != fake_logits.dtype:
-        raise TypeError(f"real_logits and fake_logits must share one dtype, got {real_logits.dtype} "
-                        f"and {fake_logits.dtype}")
     if real_logits.device != fake_logits.device:
         raise ValueError(f"real_logits and fake_logits must be on one device, got {real_logits.device} "
                          f"and {fake_logits.device}")
+    if real_logits.dtype != fake_logits.dtype:  # torch's promotion, as the hand-written lines do
+        dtype = torch.promote_types(real_logits.dtype, fake_logits.dtype)
+        real_logits, fake_logits = real_logits.to(dtype), fake_logits.to(dtype)
     if _backend.backend_for(real_logits, fake_logits) == "eager":
         return _d_loss_ref(real_logits, fake_logits, kind)
     return GAN_LOSS(real_logits, fake_logits, *_D_TERMS[kind])[0]

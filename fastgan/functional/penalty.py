@@ -180,8 +180,9 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
             critic's [N, 1, H, W]); the per-sample gradient is that of the sum of the sample's
             logits (``autograd.grad(logits.sum(), x)``) over the whole input sample.
         real: real batch [N, ...] (floating point); detached here.
-        fake: generated batch of real's shape, dtype and device; required by "wgan-gp" and
-            "r2", ignored by "r1". Detached here.
+        fake: generated batch of real's shape and device; required by "wgan-gp" and "r2",
+            ignored by "r1". Detached here. A dtype other than real's (``G(z)`` under autocast) is
+            promoted with real's as torch promotes them.
         kind: "wgan-gp" (gamma * mean (||g|| - center)^2 on interpolates), "r1"
             (gamma / 2 * mean ||g||^2 on real) or "r2" (the same on fake).
         gamma: weight, a finite number >= 0 (WGAN-GP: 10; R1: e.g. 10, or 0.0002 * res^2 / batch).
@@ -223,10 +224,11 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
         _check_images(fake, "fake")
         if fake.shape != real.shape:
             raise ValueError(f"fake must have real's shape {tuple(real.shape)}, got {tuple(fake.shape)}")
-        if fake.dtype != real.dtype:
-            raise TypeError(f"fake must have real's dtype {real.dtype}, got {fake.dtype}")
         if fake.device != real.device:
             raise ValueError(f"fake must be on real's device {real.device}, got {fake.device}")
+        if fake.dtype != real.dtype:  # e.g. G(z) under autocast: torch's promotion, as hand-written code
+            dtype = torch.promote_types(real.dtype, fake.dtype)
+            real, fake = real.to(dtype), fake.to(dtype)
     elif fake is not None and not isinstance(fake, torch.Tensor):
         raise TypeError(f"fake must be a torch.Tensor or None, got {type(fake).__name__}")
     if eps is not None:

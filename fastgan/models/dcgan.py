@@ -68,7 +68,7 @@ class _DownBlock(nn.Module):
 
     def __init__(self, cin, cout, fused):
         super().__init__()
-        self.fused = fused
+        self.fused, self.slope = fused, LRELU_SLOPE
         if fused:
             from ..nn import Conv2dAct
 
@@ -78,7 +78,7 @@ class _DownBlock(nn.Module):
 
     def forward(self, x):
         x = self.conv(x)
-        return x if self.fused else F.leaky_relu(x, LRELU_SLOPE)
+        return x if self.fused else F.leaky_relu(x, self.slope)
 
 
 class Generator(nn.Module):
@@ -101,7 +101,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape [N, {self.z_dim}], got {tuple(z.shape)}")
+            raise ValueError(f"z must have shape [N, {self.z_dim}], got {list(z.shape)}")
         x = self.to_rgb(self.blocks(z[:, :, None, None]))
         return x if self.fused else torch.tanh(x)
 
@@ -124,7 +124,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1:] != (self.channels, self.resolution, self.resolution):
             raise ValueError(f"images must have shape [N, {self.channels}, {self.resolution}, {self.resolution}], "
-                             f"got {tuple(x.shape)}")
+                             f"got {list(x.shape)}")
         return self.to_logit(self.blocks(x)).flatten()  # one logit per image
 
 
