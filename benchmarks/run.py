@@ -70,6 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.05,
                    help="with --compare: flag B/A above 1 + THRESHOLD as a regression (default 0.05)")
     p.add_argument("--summary", metavar="PATH", help="print the compact speedup summary of a result file and exit")
+    p.add_argument("--count-launches", action="store_true",
+                   help="count device launches (aten ops that launch work + Triton launches) per D step, G step and "
+                        "full iteration of the headline WGAN-GP case, eager and fastgan, and exit (runs on the CPU; "
+                        "with --json: write it; with --cuda-graphs on a GPU: also graph replays)")
+    p.add_argument("--cuda-graphs", action="store_true", help="with --count-launches: also count fastgan+graphs")
+    p.add_argument("--static", action="store_true",
+                   help="the static sm_90 report: compile every Triton launch of one DCGAN-64 WGAN-GP iteration "
+                        "(float32, bf16) for the H200 without a GPU: registers, spills, smem, wgmma, cp.async/TMA, "
+                        "CTAs vs 132 SMs, roofline (with --json: write it) and exit")
     p.add_argument("--host-overhead", action="store_true",
                    help="measure the host time per call of a fused op as autograd.Function and as torch.library "
                         "custom op (CPU; with --json: write it) and exit")
@@ -84,6 +93,28 @@ def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES
 
 
 def main_with_args(args) -> int:
+    if args.static:
+        from .static import run as static_report, to_markdown
+
+        doc = static_report()
+        print(to_markdown(doc))
+        if args.json:
+            from fastgan.atomic import atomic_write_json
+
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+        return 0
+    if args.count_launches:
+        from .launches import run as count_launches, to_markdown
+
+        doc = count_launches(args.device, graphs=args.cuda_graphs)
+        print(to_markdown(doc))
+        if args.json:
+            from fastgan.atomic import atomic_write_json
+
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+        return 0
     if args.host_overhead:
         from .host_overhead import main as host_overhead
 

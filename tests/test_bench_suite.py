@@ -346,3 +346,51 @@ def test_host_overhead_measures_both_paths_of_a_fused_op():
     assert {"Function.apply", "torch.ops custom op"} <= set(results)
     for row in results.values():
         assert row["no_grad_us"] > 0 and row["requires_grad_us"] > 0
+
+
+def test_count_launches_counts_aten_and_triton_launches_not_views():
+    """The launch counter: views and allocations are not launches, every Triton launch is, and the
+    interpreter's own host copies during a launch are not counted."""
+    from collections import Counter
+
+    from fastgan.benchmarks.launches import count_launches
+    from fastgan.backend import kernels
+
+    x = torch.randn(4, 6, requires_grad=True)
+    counts = Counter()
+    with count_launches(counts):
+        y = torch.nn.functional.leaky_relu(x.view(2, 12).t() * 2, 0.2)  # view, t: no launch
+        y.sum().backward()
+        kernels().bias_act_fwd(torch.randn(2, 3, 4), None, 1, "tanh", 0.0, 1.0, None)
+    assert counts["aten.mul"] == 2 and counts["aten.leaky_relu"] == 1 and counts["aten.leaky_relu_backward"] == 1
+    assert "aten.view" not in counts and "aten.t" not in counts and "aten.empty_like" not in counts
+    assert counts["triton._bias_act_fwd_kernel"] == 1 and "aten.copy_" not in counts
+
+
+def test_static_report_compiles_recorded_launches_for_sm90(tmp_path):
+    """fastgan bench --static on a tiny step: the launches are recorded without running them and
+    compiled for sm_90 (registers, spills, wgmma, CTAs); a subset keeps it short."""
+    pytest.importorskip("triton.backends.nvidia")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU compiles the real kernels in the other tests")
+    from fastgan.benchmarks.static import run, to_markdown
+
+    doc = run(resolution=32, batch=2, width=4, limit=2)
+    assert doc["launches"] >= 2 and len(doc["records"]) >= 1
+    for r in doc["records"]:
+        assert r["regs"] > 0 and r["sms"] == 132 and r["ctas"] >= 1 and r["mma"] in ("wgmma", "mma.sync", "none")
+    assert "static sm_90 report" in to_markdown(doc)
+
+
+def test_count_launches_runs_eager_and_fastgan_in_one_run():
+    """fastgan bench --count-launches end to end on a small case (each provider in its process)."""
+    from fastgan.benchmarks.launches import run, to_markdown
+
+    doc = run("cpu", width=2, batch=2, resolution=32)
+    for provider in ("eager", "fastgan"):
+        for step in ("d_step", "g_step", "iteration"):
+            res = doc["providers"][provider][step]
+            assert res["total"] == res["aten"] + res["triton"] > 0
+    assert doc["providers"]["eager"]["iteration"]["triton"] == 0 < doc["providers"]["fastgan"]["iteration"]["triton"]
+    assert set(doc["ratio_fastgan_over_eager"]) == {"d_step", "g_step", "iteration"}
+    assert "fastgan / eager" in to_markdown(doc)

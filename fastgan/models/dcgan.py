@@ -107,6 +107,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    # no normalisation layer: a sample's logit depends on that sample only, so a batch of real and
+    # fake images can go through D in one call (the trainer does)
+    per_sample = True
+
     def __init__(self, resolution: int = 32, width: int = 64, channels: int = 3, fused: bool = True):
         super().__init__()
         stages = _check(resolution, width)

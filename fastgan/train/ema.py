@@ -17,8 +17,9 @@ def ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay) -> None:
         torch._foreach_add_(e_params, diff)
     else:
         torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
+    e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())
+    if e_bufs:
+        torch._foreach_copy_(e_bufs, m_bufs)  # one launch for every buffer
 
 
 def ema_decay_at(step: int, decay: float) -> float:

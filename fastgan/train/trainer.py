@@ -142,10 +142,10 @@ class Trainer:
         self._stop_signal = None
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
-        """Adam (fused on CUDA). Graphed: capturable, with a tensor lr that set_lr fills in place."""
+        """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
+        set_lr fills in place."""
         if not graphed:
-            return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas,
-                                    **({"fused": True} if self.device.type == "cuda" else {}))
+            return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)
         opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, dtype=torch.float32, device=self.device),
                                betas=self.cfg.betas, fused=True, capturable=True)
         opt._warned_capturable_if_run_uncaptured = True  # the warm-up steps run uncaptured by design
@@ -263,9 +263,12 @@ class Trainer:
                 if r1:
                     gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
                     penalty, real_logits = FG.gradient_penalty(self.D, real, kind="r1", gamma=gamma, return_logits=True)
-                if real_logits is None:
-                    real_logits = self.D(real)
-                fake_logits = self.D(fake)
+                if real_logits is None and getattr(self.D, "per_sample", False):
+                    # each logit depends on its own sample only: one D call for both batches
+                    real_logits, fake_logits = self.D(torch.cat([real, fake])).split([n, fake.shape[0]])
+                else:
+                    real_logits = self.D(real) if real_logits is None else real_logits
+                    fake_logits = self.D(fake)
                 if cfg.penalty == "wgan-gp":
                     penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma)
             loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
