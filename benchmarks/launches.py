@@ -94,8 +94,8 @@ def measure(provider: str, device: str, width: int, batch: int, graphs: bool = F
     """Launches of one D step, one G step and one full iteration (after one warm-up iteration)."""
     from fastgan.train import Trainer, TrainConfig
 
-    cfg = TrainConfig(**dict(CASE, resolution=resolution), z_dim=16, g_width=width, d_width=width, batch_size=batch, n_embedded=batch,
-                      fused=provider != "eager", device=device, amp=False, progress=False,
+    cfg = TrainConfig(**dict(CASE, resolution=resolution), z_dim=16, g_width=width, d_width=width, batch_size=batch,
+                      n_embedded=batch, fused=provider != "eager", device=device, amp=False, progress=False,
                       cuda_graphs=graphs, out=os.devnull)
     tr = Trainer(cfg, log=lambda *a, **k: None)
     real = tr.to_device(torch.stack([tr.dataset[i][0] for i in range(batch)]))
@@ -121,7 +121,8 @@ def _child(provider: str, device: str, width: int, batch: int, graphs: bool, res
     env.pop("TRITON_INTERPRET", None)
     env["FASTGAN_BACKEND"] = "eager" if provider == "eager" else ("interpret" if device == "cpu" else "triton")
     code = ("import json, sys; from fastgan.benchmarks.launches import measure; "
-            f"print('RESULT ' + json.dumps(measure({provider!r}, {device!r}, {width}, {batch}, {graphs}, {resolution})))")
+            f"print('RESULT ' + json.dumps(measure({provider!r}, {device!r}, {width}, {batch}, {graphs}, "
+            f"{resolution})))")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:

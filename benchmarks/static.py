@@ -234,7 +234,8 @@ def run(resolution: int = 64, batch: int = 64, width: int = 64, limit: int | Non
 
 def to_markdown(doc: dict) -> str:
     lines = [f"static sm_90 report: {doc['case']}, triton {doc['triton']}, {doc['launches']} launches", "",
-             "| kernel | case | n | regs | spill B | smem B | mma | async copy | CTAs | waves | occupancy | roofline us |",
+             "| kernel | case | n | regs | spill B | smem B | mma | async copy | CTAs | waves | occupancy "
+             "| roofline us |",
              "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in doc["records"]:
         lines.append(f"| {r['kernel']} | {r['case']} | {r['launches']} | {r['regs']} | {r['spill_bytes']} | "
