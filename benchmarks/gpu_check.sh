@@ -3,25 +3,22 @@
 #
 #     bash benchmarks/gpu_check.sh            # results under $OUT (or ./gpu_check_out)
 #
+# The open questions first (issue 14), every torch.compile provider last:
 # 1. offline editable install (no network on the GPU machine: --no-deps --no-build-isolation)
-# 2. the capture probe: issue 6's first question, answered before anything else can use the time:
-#    does autograd.grad(create_graph=True) + backward + Adam capture in ONE CUDA graph and replay
-#    like eager (plain torch and fastgan layers, then capture_step with R1 and WGAN-GP)? Its
-#    verdict and any error text are appended to env.log
-# 3. the whole test suite compiled for CUDA (FASTGAN_TEST_DEVICE=cuda: the kernel tests run the
-#    compiled kernels on CUDA tensors, and the @pytest.mark.gpu tests run: ResourceMonitor/NVML,
-#    CUDA-graph steps, compiled Triton speed paths)
-# 4. the pytest-benchmark micro cases on CUDA (fastgan's Triton path vs plain torch)
-# 5. the quick benchmark suite (JSON + log with the full Markdown table), cut off by its own
-#    --time-budget so that its JSON is complete even when compile times run long
+# 2. the capture probe: does autograd.grad(create_graph=True) + backward + Adam capture in ONE CUDA
+#    graph and replay like eager (plain torch and fastgan layers, then capture_step with R1 and
+#    WGAN-GP)? Verdict and error text go to env.log
+# 3. the headline iteration (DCGAN-64 WGAN-GP, batch 64, bf16): eager, fastgan, fastgan+graphs,
+#    then compile; the conv dispatcher's cache after it is the per-layer Triton-vs-cuDNN table of
+#    the real step (conv_dispatch.json, printed)
+# 4. the whole test suite compiled for CUDA (FASTGAN_TEST_DEVICE=cuda: the kernel tests run the
+#    compiled kernels on CUDA tensors, and the @pytest.mark.gpu tests run)
+# 5. the quick benchmark suite without compile, then its compile providers; merged into bench.json
 # 6. the compact speedup summary, printed last
-# Everything is written under $OUT; at most 8 files come back from the device tool:
-#   env.log pytest.log pytest.xml micro.json bench.json bench.log summary.txt [bench.png]
-# Budget: about 7.6 minutes at most (stage timeouts 60 + 170 + 35 + 165 s, plus install and summary); each
-# stage has its own timeout (seconds, overridable through the environment below). A stage that
-# runs out gets SIGINT (Ctrl-C) first, so pytest still prints its summary and writes its XML and
-# the bench suite records the rest as skipped and writes a complete bench.json; SIGKILL follows
-# 20 s later if it does not stop.
+# Files under $OUT: env.log pytest.log pytest.xml bench.json bench.log conv_dispatch.json summary.txt
+# [bench.png]. Budget: about 7 minutes (stage timeouts 50 + 90 + 150 + 70 + 60 s, plus install and
+# summary; each overridable below). A stage that runs out gets SIGINT first (pytest still writes its
+# summary and XML, the bench suite a complete JSON); SIGKILL follows 20 s later.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -30,11 +27,13 @@ export PYTHONUNBUFFERED=1
 # no network here: pip must not look for an index or a newer pip (also for tests that run pip)
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PY="${PYTHON:-python3}"
-PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-60}"
-TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-170}"
-MICRO_TIMEOUT="${GPU_CHECK_MICRO_TIMEOUT:-35}"
-BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-165}"
-BENCH_BUDGET=$(( BENCH_TIMEOUT - 45 ))   # no new case or provider starts after this (the clock starts after imports)
+PROBE_TIMEOUT="${GPU_CHECK_PROBE_TIMEOUT:-50}"
+HEADLINE_TIMEOUT="${GPU_CHECK_HEADLINE_TIMEOUT:-90}"
+TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-150}"
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-70}"
+COMPILE_TIMEOUT="${GPU_CHECK_COMPILE_TIMEOUT:-60}"
+HEADLINE="step.dcgan64.wgan_gp.iter"
+export FASTGAN_CACHE_DIR="$OUT/cache"   # the conv dispatcher's measured choices, copied to $OUT below
 status=0
 
 {
@@ -78,6 +77,26 @@ cat "$OUT/probe.tmp" >> "$OUT/env.log"; rm -f "$OUT/probe.tmp"
 grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/env.log" | tail -n 6
 [ $rc -eq 0 ] || { echo "capture probe: exit $rc (error text in env.log)"; status=1; }
 
+echo "== headline iteration: eager, fastgan, fastgan+graphs, then compile"
+timeout -s INT -k 20 "$HEADLINE_TIMEOUT" "$PY" -m fastgan bench --quick --device cuda --cases "$HEADLINE" \
+  --dtypes bfloat16 --json "$OUT/bench_headline.json" --time-budget $(( HEADLINE_TIMEOUT - 30 )) > "$OUT/bench.log" 2>&1
+rc=$?
+tail -n 8 "$OUT/bench.log"
+[ $rc -eq 0 ] || { echo "headline: exit $rc"; status=1; }
+"$PY" - "$OUT" <<'PYEOF' 2>&1 | tee -a "$OUT/bench.log"
+import json, os, shutil, sys
+out = sys.argv[1]
+src = os.path.join(out, "cache", "conv_dispatch.json")
+if not os.path.exists(src):
+    print("no conv dispatch cache (no Triton conv ran)")
+    sys.exit(0)
+shutil.copy(src, os.path.join(out, "conv_dispatch.json"))
+print("per-shape Triton vs cuDNN of the headline step (the dispatcher's own timings, ms):")
+for key, e in sorted(json.load(open(src)).items()):
+    if isinstance(e, dict):
+        print(f"  {e['impl']:<6} triton {e.get('t_triton_ms')!s:>8}  vendor {e.get('t_vendor_ms')!s:>8}  {key}")
+PYEOF
+
 echo "== tests on CUDA (compiled kernels, gpu-marked tests included)"
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
@@ -87,25 +106,40 @@ rc=$?
 tail -n 25 "$OUT/pytest.log"
 [ $rc -eq 0 ] || { echo "tests: exit $rc"; status=1; }
 
-echo "== pytest-benchmark micro cases"
-if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
-  timeout -s INT -k 20 "$MICRO_TIMEOUT" "$PY" -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
-    --benchmark-json="$OUT/micro.json" --benchmark-columns=median,iqr,rounds > "$OUT/micro.log" 2>&1
-  rc=$?
-  tail -n 3 "$OUT/micro.log"
-  [ $rc -eq 0 ] || { echo "micro: exit $rc"; tail -n 15 "$OUT/micro.log"; status=1; }
-  rm -f "$OUT/micro.log"  # its table is in micro.json; keeps the file count at 8
-else
-  echo "pytest-benchmark not installed: skipped"
-fi
-
-echo "== quick benchmark suite (budget ${BENCH_BUDGET} s)"
-PLOT=""
-"$PY" -c "import matplotlib" 2>/dev/null && PLOT="--plot $OUT/bench.png"
-timeout -s INT -k 20 "$BENCH_TIMEOUT" "$PY" -m fastgan bench --quick --device cuda --json "$OUT/bench.json" \
-  --time-budget "$BENCH_BUDGET" $PLOT > "$OUT/bench.log" 2>&1
+echo "== quick benchmark suite without compile, then its compile providers"
+timeout -s INT -k 20 "$BENCH_TIMEOUT" "$PY" -m fastgan bench --quick --device cuda --json "$OUT/bench_rest.json" \
+  --exclude "$HEADLINE" --providers eager,fastgan,fastgan+graphs --time-budget $(( BENCH_TIMEOUT - 25 )) \
+  >> "$OUT/bench.log" 2>&1
 rc=$?
 [ $rc -eq 0 ] || { echo "bench: exit $rc"; tail -n 20 "$OUT/bench.log"; status=1; }
+timeout -s INT -k 20 "$COMPILE_TIMEOUT" "$PY" -m fastgan bench --quick --device cuda --json "$OUT/bench_compile.json" \
+  --exclude "$HEADLINE" --providers compile --time-budget $(( COMPILE_TIMEOUT - 25 )) >> "$OUT/bench.log" 2>&1
+rc=$?
+[ $rc -eq 0 ] || { echo "bench compile: exit $rc"; status=1; }
+# one document: the headline run's records first, then the others' (a case and provider once)
+"$PY" - "$OUT" <<'PYEOF' || status=1
+import json, os, sys
+out = sys.argv[1]
+parts = [os.path.join(out, f) for f in ("bench_headline.json", "bench_rest.json", "bench_compile.json")]
+docs = [json.load(open(p)) for p in parts if os.path.exists(p)]
+if docs:
+    merged, seen = dict(docs[0]), set()
+    merged["records"] = []
+    for d in docs:
+        for r in d["records"]:
+            if (r["case"], r["provider"], r["dtype"]) not in seen:
+                seen.add((r["case"], r["provider"], r["dtype"]))
+                merged["records"].append(r)
+    json.dump(merged, open(os.path.join(out, "bench.json"), "w"), indent=1)
+for p in parts:
+    if os.path.exists(p):
+        os.remove(p)
+PYEOF
+rm -rf "$OUT/cache"
+if [ -f "$OUT/bench.json" ] && "$PY" -c "import matplotlib" 2>/dev/null; then
+  "$PY" -c "import json, sys; from fastgan.benchmarks.plot import plot_result; plot_result(json.load(open(sys.argv[1])), sys.argv[2])" \
+    "$OUT/bench.json" "$OUT/bench.png" >/dev/null 2>&1
+fi
 
 echo "== summary"
 grep -E "passed|failed|error" "$OUT/pytest.log" | tail -n 1

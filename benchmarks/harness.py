@@ -38,6 +38,8 @@ from typing import Callable
 
 import torch
 
+from fastgan.backend import conv_dispatch
+
 SCHEMA = 1
 PROVIDERS = ("eager", "compile", "fastgan", "fastgan+graphs")
 RECORD_FIELDS = ("case", "family", "provider", "dtype", "shape", "median_ms", "p20_ms", "p80_ms", "gbps",
@@ -371,8 +373,11 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
             continue
         rec = _empty_record(case, provider)
         rec.update({k: v for k, v in extra.items() if k not in RECORD_FIELDS})
+        conv_dispatch.usage(reset=True)
         try:
             median, p20, p80 = time_fn(fn, device, quick, min_calls=20 if case.family == "steps" else 10)
+            if provider.startswith("fastgan"):  # which implementation each conv shape ran, and its times
+                rec["conv_impls"] = conv_dispatch.usage()
             rec.update(median_ms=median, p20_ms=p20, p80_ms=p80)
             rec["gbps"] = case.bytes / (median * 1e-3) / 1e9
             rec["tflops"] = case.flops / (median * 1e-3) / 1e12 if case.flops else None

@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", metavar="PATTERNS", default="*",
                    help="comma-separated glob patterns over case names (e.g. 'bias_act.lrelu.*'); "
                         "a pattern without '*' matches as a prefix")
+    p.add_argument("--exclude", metavar="PATTERNS", default="",
+                   help="comma-separated glob patterns (or prefixes) of cases to leave out")
     p.add_argument("--families", metavar="NAMES", default=",".join(FAMILIES),
                    help="comma-separated subset of " + ",".join(FAMILIES))
     p.add_argument("--providers", metavar="NAMES", default=",".join(harness.PROVIDERS),
@@ -84,12 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "custom op (CPU; with --json: write it) and exit")
 
 
-def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES)):
-    pats = [p if "*" in p else p + "*" for p in patterns.split(",") if p]
+def _select(cases, patterns: str, dtypes: str, families: str = ",".join(FAMILIES), exclude: str = ""):
+    def globs(text):
+        return [p if "*" in p else p + "*" for p in text.split(",") if p]
+    pats, skip = globs(patterns), globs(exclude)
     keep = set(d.strip() for d in dtypes.split(",") if d.strip())
     fams = set(f.strip() for f in families.split(",") if f.strip())
     return [c for c in cases if any(fnmatch.fnmatch(c.case, p) for p in pats) and c.dtype in keep
-            and c.family in fams]
+            and c.family in fams and not any(fnmatch.fnmatch(c.case, p) for p in skip)]
 
 
 def main_with_args(args) -> int:
@@ -155,7 +159,7 @@ def main_with_args(args) -> int:
                   "(or pip install matplotlib), or drop --plot", file=sys.stderr)
             return 2
     quick = not args.full
-    cases = _select(all_cases(quick, device.type), args.cases, args.dtypes, args.families)
+    cases = _select(all_cases(quick, device.type), args.cases, args.dtypes, args.families, args.exclude)
     if args.list:
         for c in cases:
             print(f"{c.case:<45} {c.family:<7} {c.dtype:<9} {c.shape}")

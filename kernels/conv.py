@@ -260,12 +260,20 @@ def output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
                for t in (x, w))
 
 
-def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bool | None):
-    """(tap_loop, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for one problem.
+SMS = 132  # an H200 (the lent GPU); a smaller GPU just runs more waves
+# (BLOCK_M, BLOCK_N) from the largest down: the largest tile that still gives one CTA per SM wins
+_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (64, 16))
 
-    GPU: a small heuristic table (fixed, so the choice is CUDA-graph safe and costs no
-    tuning launches); the per-shape dispatcher compares the result against cuDNN anyway.
-    Interpreter: few, large programs (each program is one numpy evaluation).
+
+def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bool | None, grid1: int = 1):
+    """(tap_loop, BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for one problem (``m`` rows of
+    one phase and group, ``grid1`` groups x phases).
+
+    GPU: the largest tile of ``_TILES`` that still launches a full wave of CTAs (fixed rules, so
+    the choice is CUDA-graph safe and costs no tuning launches; the per-shape dispatcher compares
+    the result against cuDNN anyway). 8 warps from 64 x 128 up and no 128 x 128 tile for the
+    transposed convolution (whose index math needs the registers): no spills (``fastgan bench
+    --static`` checks it). Interpreter: few, large programs (each program is one numpy evaluation).
     """
     np2 = triton.next_power_of_2
     if is_interpreted():
@@ -283,11 +291,14 @@ def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bo
     if dtype == torch.float64:
         return tap_loop, 32, 16, 16, 4, 1
     half = dtype in (torch.float16, torch.bfloat16)
-    block_n = min(max(16, np2(cog)), 128)
-    block_m = 128 if m >= 128 * 16 else min(max(16, np2(m)), 64)
-    kmax = 64 if half else 32
-    block_k = min(max(16, np2(cig if tap_loop else k)), kmax)
-    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    for block_m, block_n in _TILES:
+        if grid1 > 1 and block_m * block_n > 8192:  # transposed (phases) or grouped: 64 x 128 at most
+            continue
+        block_n = min(block_n, max(16, np2(cog)))
+        if triton.cdiv(m, block_m) * triton.cdiv(cog, block_n) * grid1 >= SMS:
+            break
+    block_k = min(max(16, np2(cig if tap_loop else k)), 64 if half else 32)
+    num_warps = 8 if block_m * block_n >= 64 * 128 else 4
     num_stages = 3 if half else 2
     return tap_loop, block_m, block_n, block_k, num_warps, num_stages
 
@@ -374,7 +385,7 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
     else:  # weight [Cout, Cin/g, KH, KW]: group g starts at row g * Cout/g
         sw_g, sw_o, sw_i = cog * w.stride(0), w.stride(0), w.stride(1)
     k_total = kh * kw * cig
-    tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop)
+    tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop, grid1)
     grid = (triton.cdiv(rows, bm) * triton.cdiv(cog, bn), grid1)
     # alpha, gain, clamp as float32 hi/lo pairs: exact float64 scalars (see common.split_float)
     hi, lo = zip(*(split_float(v) for v in (alpha, gain, clamp if clamp is not None else 0.0)))

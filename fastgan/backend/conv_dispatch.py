@@ -8,8 +8,10 @@ Two implementations compute the same forward of a convolution layer:
 
 Which one is faster depends on the shape, the dtype, the layout and the GPU, so on CUDA
 both are timed once per key (op, shapes, conv arguments, dtype, layout, device name) and
-the winner is remembered in memory and on disk, as JSON in ``$FASTGAN_CACHE_DIR`` (default
-``~/.cache/fastgan``) file ``conv_dispatch.json``, written atomically (temp file + os.replace).
+the winner is remembered with both times (``{"impl", "t_triton_ms", "t_vendor_ms"}``) in memory and
+on disk, as JSON in ``$FASTGAN_CACHE_DIR`` (default ``~/.cache/fastgan``) file
+``conv_dispatch.json``, written atomically (temp file + os.replace). ``usage()`` tells which
+implementation each shape ran since it was last reset (the benchmark records carry it).
 
 ``FASTGAN_CONV=triton|vendor`` forces one everywhere (``auto`` or unset: choose). On the
 CPU (Triton interpreter) nothing is timed and "triton" is chosen, so that the kernels are
@@ -28,14 +30,16 @@ import torch
 
 from ..atomic import atomic_write_json
 
-__all__ = ["IMPLS", "forced_impl", "choose", "cache_path", "clear_memory_cache"]
+__all__ = ["IMPLS", "forced_impl", "choose", "usage", "cache_path", "clear_memory_cache"]
 
 IMPLS = ("triton", "vendor")
 _ENV = "FASTGAN_CONV"
 _CACHE_FILE = "conv_dispatch.json"
 
 _lock = threading.Lock()
-_memory: dict[str, str] = {}
+# key -> {"impl": "triton" | "vendor", "t_triton_ms": float | None, "t_vendor_ms": float | None}
+_memory: dict[str, dict] = {}
+_used: dict[str, dict] = {}  # the entries choose() returned since the last usage(reset=True)
 _disk_loaded_from: str | None = None
 _warned_disk = False
 
@@ -72,7 +76,16 @@ def _warn_disk(exc: Exception) -> None:
                       "choices are kept in memory only", RuntimeWarning, stacklevel=4)
 
 
-def _read_disk(path: str) -> dict[str, str]:
+def _entry(value) -> dict | None:
+    """A cache entry ({"impl", "t_triton_ms", "t_vendor_ms"}; a bare impl name from older files)."""
+    if value in IMPLS:
+        return {"impl": value, "t_triton_ms": None, "t_vendor_ms": None}
+    if isinstance(value, dict) and value.get("impl") in IMPLS:
+        return {"impl": value["impl"], "t_triton_ms": value.get("t_triton_ms"), "t_vendor_ms": value.get("t_vendor_ms")}
+    return None
+
+
+def _read_disk(path: str) -> dict[str, dict]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -83,7 +96,7 @@ def _read_disk(path: str) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and v in IMPLS}
+    return {k: e for k, e in ((k, _entry(v)) for k, v in data.items()) if isinstance(k, str) and e is not None}
 
 
 def _load_disk() -> None:
@@ -96,7 +109,7 @@ def _load_disk() -> None:
     _disk_loaded_from = path
 
 
-def _save_disk(key: str, value: str) -> None:
+def _save_disk(key: str, value: dict) -> None:
     path = cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -133,23 +146,36 @@ def make_key(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple) -> str:
                      f"{layout(x)}/{layout(w)}", name])
 
 
+def usage(reset: bool = False) -> dict:
+    """{key: {"impl", "t_triton_ms", "t_vendor_ms"}} of every choice made since the last reset
+    (which implementation each conv shape ran, and the times that decided it)."""
+    with _lock:
+        out = {k: dict(v) for k, v in _used.items()}
+        if reset:
+            _used.clear()
+    return out
+
+
+def _use(key: str, entry: dict) -> str:
+    _used[key] = entry
+    return entry["impl"]
+
+
 def choose(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple,
            run: Callable[[str], object]) -> str:
     """"triton" or "vendor" for this call; ``run(impl)`` performs the forward with one impl
     (it is called for timing only on CUDA, once per new key, under ``torch.no_grad``)."""
     forced = forced_impl()
-    if forced is not None:
-        return forced
-    if not x.is_cuda:
-        return "triton"
     key = make_key(op, x, w, args)
+    if forced is not None or not x.is_cuda:  # forced, or the CPU: the kernels are exercised
+        return _use(key, {"impl": forced or "triton", "t_triton_ms": None, "t_vendor_ms": None})
     with _lock:
         _load_disk()
-        choice = _memory.get(key)
-    if choice is not None:
-        return choice
+        entry = _memory.get(key)
+    if entry is not None:
+        return _use(key, entry)
     if torch.cuda.is_current_stream_capturing():
-        return "triton"
+        return _use(key, {"impl": "triton", "t_triton_ms": None, "t_vendor_ms": None})
     with torch.no_grad():
         try:
             t_triton = _time_ms(lambda: run("triton"))
@@ -158,8 +184,9 @@ def choose(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple,
                           "using the vendor path for this shape", RuntimeWarning, stacklevel=3)
             t_triton = float("inf")
         t_vendor = _time_ms(lambda: run("vendor"))
-    choice = "triton" if t_triton <= t_vendor else "vendor"
+    entry = {"impl": "triton" if t_triton <= t_vendor else "vendor",
+             "t_triton_ms": None if t_triton == float("inf") else t_triton, "t_vendor_ms": t_vendor}
     with _lock:
-        _memory[key] = choice
-        _save_disk(key, choice)
-    return choice
+        _memory[key] = entry
+        _save_disk(key, entry)
+        return _use(key, entry)
