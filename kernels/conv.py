@@ -99,7 +99,7 @@ def _accumulate(acc, a, b, IS_F64: tl.constexpr, UPCAST: tl.constexpr, ROUND_TF3
 
 @triton.jit
 def _conv_act_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+        x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr, P_SPLIT,
         N, CIG, H, W, COG, OH, OW, OHP, OWP,
         sx_n, sx_c, sx_h, sx_w,
         sw_g, sw_o, sw_i, sw_h, sw_w,
@@ -109,7 +109,8 @@ def _conv_act_kernel(
         TRANSPOSED: tl.constexpr, TAP_LOOP: tl.constexpr, ACT: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
         IS_F64: tl.constexpr, TF32: tl.constexpr, ROUND_TF32: tl.constexpr, UPCAST: tl.constexpr,
-        RTNE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        RTNE_BF16: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_gp = tl.program_id(1)
     n_nblocks = (COG + BLOCK_N - 1) // BLOCK_N
@@ -209,9 +210,15 @@ def _conv_act_kernel(
                     acc = _accumulate(acc, a, b, IS_F64, UPCAST, ROUND_TF32, TF32)
     else:
         K = nkh * nkw * CIG
-        for k0 in range(0, K, BLOCK_K):
+        k_lo = 0
+        k_hi = K
+        if SPLIT_K > 1:  # this program's share of K (whole BLOCK_K steps); the sum runs in _split_k_epilogue
+            k_chunk = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K * BLOCK_K
+            k_lo = tl.program_id(2) * k_chunk
+            k_hi = tl.minimum(K, k_lo + k_chunk)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             k = k0 + rk
-            k_ok = k < K
+            k_ok = k < k_hi
             c = k % CIG
             t = k // CIG
             kh_v = kh0 + (t // nkw) * STEP_H
@@ -233,6 +240,18 @@ def _conv_act_kernel(
     out_ok = m_ok[:, None] & co_ok[None, :]
     chan = g * COG + co
     out_offs = (n64 * sy_n + oh * sy_h + ow * sy_w)[:, None] + (chan * sy_c)[None, :]
+    if SPLIT_K > 1:  # a partial sum, in y's layout, in slice program_id(2) of the fp32 buffer
+        tl.store(p_ptr + tl.program_id(2).to(tl.int64) * P_SPLIT + out_offs, acc, mask=out_ok)
+    else:
+        _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan[None, :], co_ok[None, :], alpha, gain, clamp,
+                  alpha_lo, gain_lo, clamp_lo, ACT, HAS_BIAS, HAS_CLAMP, STORE_Z, IS_F64, RTNE_BF16)
+
+
+@triton.jit
+def _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan, chan_ok, alpha, gain, clamp, alpha_lo, gain_lo,
+              clamp_lo, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
+              IS_F64: tl.constexpr, RTNE_BF16: tl.constexpr):
+    """Store z = acc (when asked) and y = clamp(act(acc + b[chan]) * gain) at out_offs."""
     if STORE_Z:
         if RTNE_BF16:
             tl.store(z_ptr + out_offs, _round_bf16_rtne(acc).to(z_ptr.dtype.element_ty), mask=out_ok)
@@ -243,13 +262,32 @@ def _conv_act_kernel(
     clamp = scalar_arg(clamp, clamp_lo, IS_F64)
     v = acc
     if HAS_BIAS:
-        v += tl.load(b_ptr + chan, mask=co_ok, other=0.0).to(acc.dtype)[None, :]
+        v += tl.load(b_ptr + chan, mask=chan_ok, other=0.0).to(acc.dtype)
     y = act_fwd(v, alpha, ACT) * gain
     if HAS_CLAMP:
         y = tl.minimum(tl.maximum(y, -clamp), clamp)
     if RTNE_BF16:
         y = _round_bf16_rtne(y)
     tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _split_k_epilogue_kernel(p_ptr, b_ptr, y_ptr, z_ptr, TOTAL, C, INNER, alpha, gain, clamp, alpha_lo, gain_lo,
+                             clamp_lo, SPLIT_K: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr, IS_F64: tl.constexpr,
+                             RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    """acc = the sum of the SPLIT_K partial sums of each output element (y's memory order), then
+    the conv epilogue; the channel of element o is (o // INNER) % C (INNER 1: channels_last)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < TOTAL
+    if IS_F64:
+        acc = tl.zeros([BLOCK], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(p_ptr + s * TOTAL + offs, mask=ok, other=0.0)
+    _epilogue(acc, b_ptr, y_ptr, z_ptr, offs, ok, (offs // INNER) % C, ok, alpha, gain, clamp, alpha_lo, gain_lo,
+              clamp_lo, ACT, HAS_BIAS, HAS_CLAMP, STORE_Z, IS_F64, RTNE_BF16)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -319,16 +357,26 @@ def _check_out(t, shape, like, name):
                          f"{like.device}; got {tuple(t.shape)}, {t.dtype}, {t.device}")
 
 
+def _split_k(ctas: int, k: int, block_k: int) -> int:
+    """How many CTAs share one output tile's K when the tiles alone fill under half a wave
+    (the critic's last layer, 512 -> 1: one tile, 128 serial K steps): enough for a wave, at
+    least 4 K steps each."""
+    if ctas * 2 >= SMS:
+        return 1
+    return max(1, min(triton.cdiv(SMS, ctas), triton.cdiv(k, block_k) // 4, 32))
+
+
 def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False,
-                 y=None, z=None, tap_loop=None):
+                 y=None, z=None, tap_loop=None, split_k=None):
     """y = clamp(act(conv(x, w) + b) * gain) for the convolution ``geom`` describes (conv2d or
     conv_transpose2d); returns ``(y, z)`` with z = conv(x, w) (pre-bias) when ``store_z`` else None.
 
     x [N, Cin, H, W], w in torch's layout for the op ([Cout, Cin/g, KH, KW] or [Cin, Cout/g, KH, KW]),
     one float dtype, any strides. y (and z) are channels_last when x or w is, else NCHW (as
     F.conv2d). ``y``/``z`` may be given as preallocated outputs of the right shape (any strides;
-    z's must equal y's). ``tap_loop`` forces the K-walk (None: heuristic). Arguments are assumed
-    valid (the functional layer checks them).
+    z's must equal y's). ``tap_loop`` forces the K-walk and ``split_k`` the number of CTAs sharing
+    a tile's K (None: heuristics; split-K sums float32 partials in a second, elementwise kernel).
+    Arguments are assumed valid (the functional layer checks them).
     """
     check_launch_dtype(x, w, b)
     if act not in ACT_IDS:
@@ -386,37 +434,53 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
         sw_g, sw_o, sw_i = cog * w.stride(0), w.stride(0), w.stride(1)
     k_total = kh * kw * cig
     tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop, grid1)
-    grid = (triton.cdiv(rows, bm) * triton.cdiv(cog, bn), grid1)
+    ctas = triton.cdiv(rows, bm) * triton.cdiv(cog, bn)
+    if not y.is_contiguous(memory_format=fmt):  # (a given y of other strides: the split epilogue walks dense memory)
+        split_k = 1
+    elif split_k is None:
+        split_k = 1 if is_interpreted() else _split_k(ctas * grid1, k_total, bk)
+    partial = y
+    if split_k > 1:  # float32 partial sums in y's layout, one slice per K share; the flattened K walk
+        tap = False
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        partial = torch.empty_strided((split_k, *y.shape), (y.numel(), *y.stride()), dtype=acc_dtype, device=y.device)
+    grid = (ctas, grid1, split_k)
     # alpha, gain, clamp as float32 hi/lo pairs: exact float64 scalars (see common.split_float)
     hi, lo = zip(*(split_float(v) for v in (alpha, gain, clamp if clamp is not None else 0.0)))
+    epilogue_flags = dict(ACT=ACT_IDS[act], HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
+                          STORE_Z=z is not None, IS_F64=x.dtype == torch.float64,
+                          RTNE_BF16=is_interpreted() and x.dtype == torch.bfloat16)
     _conv_act_kernel[grid](
-        x, w, b if b is not None else w, y, z if z is not None else y,
+        x, w, b if b is not None else w, y, z if z is not None else y, partial, y.numel(),
         n_, cig, h, w_in, cog, oh, ow, ohp, owp,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         sw_g, sw_o, sw_i, w.stride(2), w.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         kh, kw, sh, sw, ph, pw, dh, dw, step_h, step_w,
         *hi, *lo,
-        TRANSPOSED=transposed, TAP_LOOP=tap, ACT=ACT_IDS[act], HAS_BIAS=b is not None,
-        HAS_CLAMP=clamp is not None, STORE_Z=z is not None, IS_F64=x.dtype == torch.float64,
-        TF32=_use_tf32(x), ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
-        UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16),
-        RTNE_BF16=is_interpreted() and x.dtype == torch.bfloat16,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        TRANSPOSED=transposed, TAP_LOOP=tap, TF32=_use_tf32(x), ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
+        UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16), SPLIT_K=split_k,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **epilogue_flags)
+    if split_k > 1:
+        cl = output_channels_last(x, w)
+        block = 1024
+        _split_k_epilogue_kernel[(triton.cdiv(y.numel(), block),)](
+            partial, b if b is not None else w, y, z if z is not None else y, y.numel(), cout, 1 if cl else oh * ow,
+            *hi, *lo, SPLIT_K=split_k, BLOCK=block, num_warps=4, **epilogue_flags)
     return y, z
 
 
 def conv2d_act_fwd(x, w, b, stride=1, padding=0, dilation=1, groups=1, act="linear", alpha=0.0,
-                   gain=1.0, clamp=None, *, store_z=False, y=None, z=None, tap_loop=None):
+                   gain=1.0, clamp=None, *, store_z=False, y=None, z=None, tap_loop=None, split_k=None):
     """:func:`conv_act_fwd` with F.conv2d's arguments."""
     return conv_act_fwd(x, w, b, ConvGeom.of(False, stride, padding, dilation, groups), act, alpha, gain, clamp,
-                        store_z=store_z, y=y, z=z, tap_loop=tap_loop)
+                        store_z=store_z, y=y, z=z, tap_loop=tap_loop, split_k=split_k)
 
 
 def conv_transpose2d_act_fwd(x, w, b, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                              act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False, y=None,
-                             z=None, tap_loop=None):
+                             z=None, tap_loop=None, split_k=None):
     """:func:`conv_act_fwd` with F.conv_transpose2d's arguments (phase-decomposed: no
     zero-inserted input is built)."""
     return conv_act_fwd(x, w, b, ConvGeom.of(True, stride, padding, dilation, groups, output_padding), act,
-                        alpha, gain, clamp, store_z=store_z, y=y, z=z, tap_loop=tap_loop)
+                        alpha, gain, clamp, store_z=store_z, y=y, z=z, tap_loop=tap_loop, split_k=split_k)

@@ -240,22 +240,30 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 kernel = importlib.import_module("fastgan.kernels.conv")._conv_act_kernel
 names = kernel.arg_names
-variants = [  # (dtype, transposed, tap_loop, act id, specialise the 1-valued ints)
-    ("bf16", False, True, 2, False), ("bf16", True, False, 3, False), ("fp32", True, True, 2, True),
-    ("fp16", False, False, 2, True), ("fp64", True, False, 3, False), ("fp32", False, False, 8, False)]
-for dt, transposed, tap, act, ones in variants:
+variants = [  # (dtype, transposed, tap_loop, act id, specialise the 1-valued ints, split-K)
+    ("bf16", False, True, 2, False, 1), ("bf16", True, False, 3, False, 1), ("fp32", True, True, 2, True, 1),
+    ("fp16", False, False, 2, True, 1), ("fp64", True, False, 3, False, 1), ("fp32", False, False, 8, False, 1),
+    ("bf16", False, False, 0, False, 8)]
+for dt, transposed, tap, act, ones, split in variants:
     consts = dict(TRANSPOSED=transposed, TAP_LOOP=tap, ACT=act, HAS_BIAS=True, HAS_CLAMP=True,
                   STORE_Z=True, IS_F64=dt == "fp64", TF32=dt != "fp64", ROUND_TF32=dt == "fp32", UPCAST=False,
-                  RTNE_BF16=False,
+                  RTNE_BF16=False, SPLIT_K=split,
                   BLOCK_M=32 if dt == "fp64" else 128, BLOCK_N=16 if dt == "fp64" else 64,
                   BLOCK_K=16 if dt == "fp64" else 32)
     if ones:  # what the JIT does with integer arguments equal to 1
         consts.update(STR_H=1, STR_W=1, DIL_H=1, DIL_W=1, STEP_H=1, STEP_W=1, KH=1, KW=1, CIG=1, sx_w=1)
-    sig = {n: "constexpr" if n in consts else ("*" + dt) if n.endswith("_ptr") else
+    acc = "fp64" if dt == "fp64" else "fp32"
+    sig = {n: "constexpr" if n in consts else ("*" + acc) if n == "p_ptr" else ("*" + dt) if n.endswith("_ptr") else
            "fp32" if n in ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo") else "i32" for n in names}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
     triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
-print("compiled", len(variants))
+epi = importlib.import_module("fastgan.kernels.conv")._split_k_epilogue_kernel
+consts = dict(SPLIT_K=8, ACT=2, HAS_BIAS=True, HAS_CLAMP=False, STORE_Z=True, IS_F64=False, RTNE_BF16=False, BLOCK=1024)
+sig = {n: "constexpr" if n in consts else "*fp32" if n == "p_ptr" else "*bf16" if n.endswith("_ptr") else
+       "fp32" if n in ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo") else "i32" for n in epi.arg_names}
+triton.compile(ASTSource(fn=epi, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+               options={"num_warps": 4})
+print("compiled", len(variants) + 1)
 """
 
 
@@ -519,3 +527,26 @@ def test_eager_backend_is_the_reference(device):
         y = conv2d_act(x, w, b, 1, 1, act="lrelu")
     assert rel_err(y, F.leaky_relu(F.conv2d(x, w, b, 1, 1), 0.2) * math.sqrt(2)) < 1e-6
     assert y.grad_fn is None or "ConvAct" not in type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_k_matches_the_reference(transposed, dtype, device):
+    """Split-K (CTAs sharing a tile's K, float32 partials summed by the epilogue kernel), the path
+    of the critic's last layer on the GPU, forced here: y, z, bias, activation and clamp."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 6, 5, 5, device=device)
+    w = torch.randn(6, 3, 3, 3, device=device) * 0.3 if transposed else torch.randn(3, 6, 3, 3, device=device) * 0.3
+    b = torch.randn(3, device=device)
+    for split in (1, 3):
+        if transposed:
+            y, z = backend.kernels().conv_transpose2d_act_fwd(x.to(dtype), w.to(dtype), b.to(dtype), 2, 1, 1, 1, 1, "tanh",
+                                                      0.0, 1.3, 0.9, store_z=True, split_k=split)
+            ref_z = F.conv_transpose2d(x.double(), w.double(), None, 2, 1, 1)
+        else:
+            y, z = backend.kernels().conv2d_act_fwd(x.to(dtype), w.to(dtype), b.to(dtype), 1, 1, 1, 1, "tanh", 0.0, 1.3, 0.9,
+                                            store_z=True, split_k=split)
+            ref_z = F.conv2d(x.double(), w.double(), None, 1, 1)
+        ref_y = (torch.tanh(ref_z + b.double().view(1, -1, 1, 1)) * 1.3).clamp(-0.9, 0.9)
+        assert_close(z, ref_z, dtype, f"z split {split}")
+        assert_close(y, ref_y, dtype, f"y split {split}")
