@@ -550,3 +550,23 @@ def test_split_k_matches_the_reference(transposed, dtype, device):
         ref_y = (torch.tanh(ref_z + b.double().view(1, -1, 1, 1)) * 1.3).clamp(-0.9, 0.9)
         assert_close(z, ref_z, dtype, f"z split {split}")
         assert_close(y, ref_y, dtype, f"y split {split}")
+
+
+@pytest.mark.parametrize("act,saves_z", [("lrelu", False), ("relu", False), ("tanh", True)])
+def test_piecewise_linear_epilogues_save_the_output_not_a_pre_activation(act, saves_z, device):
+    """relu / lrelu: act'(z + b) == act'(y), so the backward keeps y (the output, alive anyway)
+    and no activation-sized copy of z (issue 14: memory traffic); tanh still needs z."""
+    x = torch.randn(2, 3, 6, 6, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = conv2d_act(x, w, b, padding=1, act=act)
+    if fastgan.backend_for(x) == "eager":
+        pytest.skip("the eager reference saves what torch's ops save")
+    big = [t for t in saved if t.shape == y.shape]
+    outputs = [t for t in big if t.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()]
+    assert len(big) - len(outputs) == (1 if saves_z else 0), [tuple(t.shape) for t in saved]
+    (gx,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x, create_graph=True)
+    gx.square().sum().backward()  # the second order still reaches w and b
+    assert w.grad is not None and torch.isfinite(w.grad).all()

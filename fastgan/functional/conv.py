@@ -22,7 +22,9 @@ This is StyleGAN2-ADA's conv2d_gradfix idea: every derivative of a convolution i
 convolution, so the op is differentiable twice, as R1 and WGAN-GP need. z is saved *as an
 output*: in a ``create_graph`` pass the saved z is still connected to the graph through this
 very node, which keeps the act''(z) terms of second-order gradients. z is produced only when a
-backward will need it (not for a linear epilogue without clamp, whose act' is 1).
+backward will need it: not for a linear epilogue without clamp (act' is 1), nor for relu / lrelu
+without clamp, whose act'(z + b) is act'(y) (the backward reads the output y, which the next
+layer keeps anyway: one activation-sized write and buffer less per layer).
 
 Inside ``gradfix.no_weight_gradients()`` dw and db are not computed (None). Under
 torch.compile the backward is traced once, so the flag is read when it is traced.
@@ -62,6 +64,13 @@ def _conv_act_ref(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spe
 def _needs_z(spec: ActSpec) -> bool:
     """Whether the backward needs the pre-activation (linear without clamp: act' == 1)."""
     return spec.act != "linear" or spec.clamp is not None
+
+
+def _act_from_y(spec: ActSpec) -> bool:
+    """relu / lrelu with a slope >= 0, a positive gain and no clamp: act'(z + b) == act'(y) (y > 0
+    exactly where z + b > 0, and act'' is 0), so the backward reads the output y, which the next
+    layer keeps anyway, instead of a stored copy of the pre-activation."""
+    return spec.act in ("relu", "lrelu") and spec.clamp is None and spec.gain > 0 and spec.alpha >= 0
 
 
 def _out_format(x: Tensor, w: Tensor) -> torch.memory_format:
@@ -113,8 +122,9 @@ def _setup(ctx, inputs, output):
     ctx.geom = ConvGeom.from_op_args(*inputs[3:9])
     ctx.spec = ActSpec(*inputs[9:13])
     ctx.store_z = inputs[13]
+    ctx.from_y = not ctx.store_z and _act_from_y(ctx.spec)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, w, b, output[1] if ctx.store_z else None)
+    ctx.save_for_backward(x, w, b, output[1] if ctx.store_z else output[0] if ctx.from_y else None)
 
 
 def _backward(ctx, dy, dz_extra):
@@ -125,8 +135,9 @@ def _backward(ctx, dy, dz_extra):
     want_b = b is not None and need[2] and weights_on
     dz = db = None
     if dy is not None:
-        if z is not None:
-            dz, db = BIAS_ACT_GRAD(dy, z, b, 1, spec.act, spec.alpha, spec.gain, spec.clamp, want_b)
+        if z is not None:  # the pre-activation z (pre-bias: b is added) or the output y (ctx.from_y)
+            dz, db = BIAS_ACT_GRAD(dy, z, None if ctx.from_y else b, 1, spec.act, spec.alpha, spec.gain, spec.clamp,
+                                   want_b)
         elif not _needs_z(spec):  # linear, no clamp: act' == 1
             dz = dy * spec.gain if spec.gain != 1 else dy
             db = dz.sum(dim=(0, 2, 3)) if want_b else None
@@ -149,7 +160,7 @@ CONV_ACT = FusedOp("conv_act", _forward, _fake, _setup, _backward)
 
 def _conv_act(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: ActSpec) -> Tensor:
     """y of the fused op; z is produced (and kept) only when a backward will need it."""
-    store_z = (_needs_z(spec) and torch.is_grad_enabled()
+    store_z = (_needs_z(spec) and not _act_from_y(spec) and torch.is_grad_enabled()
                and any(t is not None and t.requires_grad for t in (x, w, b)))
     return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z)[0]
 
