@@ -309,9 +309,8 @@ def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bo
 
     GPU: the largest tile of ``_TILES`` that still launches a full wave of CTAs (fixed rules, so
     the choice is CUDA-graph safe and costs no tuning launches; the per-shape dispatcher compares
-    the result against cuDNN anyway). 8 warps from 64 x 128 up and no 128 x 128 tile for the
-    transposed convolution (whose index math needs the registers): no spills (``fastgan bench
-    --static`` checks it). Interpreter: few, large programs (each program is one numpy evaluation).
+    the result against cuDNN anyway). No 128 x 128 tile for the transposed convolution (whose
+    index math needs the registers): no spills (``fastgan bench --static`` checks it). Interpreter: few, large programs (each program is one numpy evaluation).
     """
     np2 = triton.next_power_of_2
     if is_interpreted():
@@ -335,8 +334,10 @@ def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bo
         block_n = min(block_n, max(16, np2(cog)))
         if triton.cdiv(m, block_m) * triton.cdiv(cog, block_n) * grid1 >= SMS:
             break
-    block_k = min(max(16, np2(cig if tap_loop else k)), 64 if half else 32)
-    num_warps = 8 if block_m * block_n >= 64 * 128 else 4
+    # BLOCK_K 32 for every dtype and 8 warps from 64 x 64 up: bf16 with BLOCK_K 64 spilled up to
+    # 600 bytes at 255 registers (``fastgan bench --static``); these spill nothing
+    block_k = min(max(16, np2(cig if tap_loop else k)), 32)
+    num_warps = 8 if block_m * block_n >= 64 * 64 else 4
     num_stages = 3 if half else 2
     return tap_loop, block_m, block_n, block_k, num_warps, num_stages
 
