@@ -42,14 +42,12 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-    """(invstd, scale, shift) of the per-channel map x * scale + shift = (x - mean) * invstd * w + b."""
+def _affine(var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """(invstd, scale, beta) of the per-channel map (x - mean) * scale + beta = (x - mean) * invstd * w + b."""
     invstd = torch.rsqrt(var + eps)
     scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.to(shift.dtype)
-    return invstd, scale, shift
+    beta = bias.to(invstd.dtype) if bias is not None else torch.zeros_like(invstd)
+    return invstd, scale, beta
 
 
 def _fake(x, *rest):
@@ -62,8 +60,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: f
              gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
     K = _backend.kernels()
     mean, var = K.bn_stats(x, 1)
-    _, scale, shift = _affine(mean, var, weight, bias, eps)
-    y = K.bias_act_fwd(x, shift, 1, act, alpha, gain, clamp, scale=scale)
+    _, scale, beta = _affine(var, weight, bias, eps)
+    y = K.bias_act_fwd(x, beta, 1, act, alpha, gain, clamp, scale=scale, center=mean)
     return fresh_like(y, x), mean, var
 
 
@@ -97,8 +95,8 @@ def _backward_forward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Opt
                       clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dw, db) of the training-mode batch norm + activation for dy (dw/db empty without a
     weight/bias), given the forward's batch statistics."""
-    invstd, scale, shift = _affine(mean, var, weight, bias, eps)
-    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, shift, 1, act, alpha, gain, clamp)
+    invstd, scale, beta = _affine(var, weight, bias, eps)
+    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, beta, 1, act, alpha, gain, clamp)
     dw = sum_gx.to(weight.dtype) if weight is not None else x.new_empty((0,))
     db = sum_g.to(bias.dtype) if bias is not None else x.new_empty((0,))
     return fresh_like(dx, x), dw, db
@@ -144,6 +142,8 @@ def _check(x, weight, bias, running_mean, running_var):
     if x.dim() < 2:
         raise ValueError(f"x must be [N, C, ...] (at least 2-d), got shape {tuple(x.shape)}")
     c = x.shape[1]
+    if c == 0:
+        raise ValueError(f"x must have at least one channel, got shape {tuple(x.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if t is None:
