@@ -16,6 +16,7 @@ import fastgan
 from fastgan import backend
 from fastgan.backend import conv_dispatch
 from fastgan.functional import conv2d_act, conv_transpose2d_act, resolve_act
+from fastgan.functional.conv import _act_from_y
 from fastgan.functional.gradfix import no_weight_gradients
 from fastgan.nn import Conv2dAct, ConvTranspose2dAct
 
@@ -79,13 +80,15 @@ def _inputs(cin, w0, w1, k, n, h, w, dtype, device, layout):
     return _layout(x, layout), wt
 
 
-def _check_fwd_bwd(fn, conv_ref, spec, x, w, b, dtype, device):
+def _check_fwd_bwd(fn, conv_ref, spec, x, w, b, dtype, device, impl):
     """Forward and the x, w, b gradients of fn against the reference on float64 copies.
 
-    For half dtypes the pre-activation z is stored in that dtype by both implementations
-    (fused and vendor), so act'(z + b) is evaluated at the rounded z: near a kink (lrelu at
-    0, a clamp boundary) rounding legitimately flips the slope of an element. The gradient
-    reference therefore rounds z to the dtype with a straight-through estimator.
+    For half dtypes the backward evaluates act' at a rounded value: near a kink (lrelu at 0, a
+    clamp boundary) rounding legitimately flips the slope of an element. The gradient reference
+    therefore rounds, with a straight-through estimator, what the implementation keeps: the
+    conv output z (the bias added after rounding), or for relu / lrelu without clamp on the fused
+    path, which read act' from the output y, the whole pre-activation z + b (as eager torch,
+    whose conv adds the bias before rounding).
     """
     tol = _tol(dtype, device)
     xs, ws, bs = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
@@ -96,8 +99,11 @@ def _check_fwd_bwd(fn, conv_ref, spec, x, w, b, dtype, device):
     assert y.dtype == dtype and y.shape == yr.shape
     assert_close(y, yr, dtype, "y", tol)
     if dtype in (torch.float16, torch.bfloat16):
-        zr = zr + (zr.detach().to(dtype).to(torch.float64) - zr.detach())
-        yr = spec.reference(zr + br.view(1, -1, 1, 1))
+        def rounded(t):
+            return t + (t.detach().to(dtype).to(torch.float64) - t.detach())
+        from_y = impl == "triton" and _act_from_y(spec)
+        pre = rounded(zr + br.view(1, -1, 1, 1)) if from_y else rounded(zr) + br.view(1, -1, 1, 1)
+        yr = spec.reference(pre)
     g = torch.randn_like(yr)
     y.backward(g.to(dtype))
     yr.backward(g)
@@ -115,7 +121,7 @@ def test_conv2d_act_matches_reference(case, impl, dtype, layout, device, monkeyp
     b = torch.randn(cout, device=device).to(dtype)
     spec = resolve_act(**akw)
     y = _check_fwd_bwd(lambda x_, w_, b_: conv2d_act(x_, w_, b_, s, p, d, g, **akw),
-                       lambda x_, w_: F.conv2d(x_, w_, None, s, p, d, g), spec, x, wt, b, dtype, device)
+                       lambda x_, w_: F.conv2d(x_, w_, None, s, p, d, g), spec, x, wt, b, dtype, device, impl)
     ref_layout = F.conv2d(x.detach(), wt, None, s, p, d, g)
     assert y.is_contiguous(memory_format=torch.channels_last) == ref_layout.is_contiguous(
         memory_format=torch.channels_last)
@@ -131,7 +137,7 @@ def test_conv_transpose2d_act_matches_reference(case, impl, dtype, layout, devic
     spec = resolve_act(**akw)
     _check_fwd_bwd(lambda x_, w_, b_: conv_transpose2d_act(x_, w_, b_, s, p, op, g, d, **akw),
                    lambda x_, w_: F.conv_transpose2d(x_, w_, None, s, p, op, g, d), spec, x, wt, b, dtype,
-                   device)
+                   device, impl)
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "tconv"])
