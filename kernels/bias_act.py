@@ -7,7 +7,8 @@ Math (z = x + b broadcast along the channel dim, a = act, m = [|a(z) * gain| <= 
     order 2        out = g * dy * gain * a''(z) * m           (g = dL/d(dx), the 2nd-order pass)
 
 and in both backward orders the bias gradient sum(out) over every dim but the channel is
-reduced in the same pass (per-tile partial sums, then one small sum).
+reduced in the same pass (per-tile partial sums, then ``channel_sums``: one small kernel that
+adds each channel's partials and writes db in the bias dtype).
 
 Layout: any dense tensor (NCHW, channels_last, any ``dim``) is, in memory, a 3-d array
 [OUTER, C, INNER] with INNER = stride of the channel dim. Two tilings cover it:
@@ -22,7 +23,7 @@ import triton.language as tl
 from .activation import ACT_IDS, act_clamp, act_d1, act_d2, act_fwd, scalar_arg
 from .common import TILE_ELEMENTS, check_launch_dtype, is_dense, is_interpreted, split_float, vector
 
-__all__ = ["bias_act_fwd", "bias_act_bwd", "channel_layout"]
+__all__ = ["bias_act_fwd", "bias_act_bwd", "channel_layout", "channel_sums", "partials_layout"]
 
 
 @triton.jit
@@ -70,6 +71,37 @@ def _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST: tl.constexpr, BLOC
         offs = rows * n_ib + pid % n_ib
         mask = rows < OUTER * C
     return offs, mask
+
+
+@triton.jit
+def _partial_tile(t0, chans, T, TI, C, BLOCK_T: tl.constexpr):
+    """Offsets and mask of the partial sums of tiles t0 .. t0 + BLOCK_T - 1 for the channels ``chans``
+    (rows: tiles, columns: channels), in the layouts of ``_partial_sum_offsets``: tile t of a channel
+    is (row block t // TI, column block t % TI), TI = 1 for channels last."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    offs = ((t // TI).to(tl.int64)[:, None] * C + chans[None, :]) * TI + (t % TI)[:, None]
+    return offs, (t < T)[:, None] & (chans < C)[None, :]
+
+
+@triton.jit
+def _channel_sums_kernel(p0_ptr, p1_ptr, out0_ptr, out1_ptr, T, TI, C, TWO: tl.constexpr, IS_F64: tl.constexpr,
+                         BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[c] = sum over the T tiles of partial[tile, c], for one partial buffer (or two: TWO),
+    accumulated in float32 (float64) and stored in the output's dtype."""
+    chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if IS_F64:
+        acc0 = tl.zeros([BLOCK_C], dtype=tl.float64)
+    else:
+        acc0 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc1 = acc0
+    for t0 in range(0, T, BLOCK_T):
+        offs, mask = _partial_tile(t0, chans, T, TI, C, BLOCK_T)
+        acc0 = acc0 + tl.sum(tl.load(p0_ptr + offs, mask=mask, other=0.0).to(acc0.dtype), axis=0)
+        if TWO:
+            acc1 = acc1 + tl.sum(tl.load(p1_ptr + offs, mask=mask, other=0.0).to(acc0.dtype), axis=0)
+    tl.store(out0_ptr + chans, acc0.to(out0_ptr.dtype.element_ty), mask=chans < C)
+    if TWO:
+        tl.store(out1_ptr + chans, acc1.to(out1_ptr.dtype.element_ty), mask=chans < C)
 
 
 @triton.jit
@@ -183,6 +215,33 @@ def _blocks(outer: int, c: int, inner: int):
     return False, block_r, block_i, triton.cdiv(rows, block_r) * triton.cdiv(inner, block_i)
 
 
+def partials_layout(outer: int, c: int, inner: int, cl: bool, block_r: int, block_i: int):
+    """(shape, T, TI) of the per-tile partial sums of one tiling (``_partial_sum_offsets``): T
+    tiles per channel, TI of them along a planar row (1 for channels last)."""
+    if cl:
+        t = triton.cdiv(outer, block_r)
+        return (t, c), t, 1
+    ti = triton.cdiv(inner, block_i)
+    return (outer * c, ti), outer * ti, ti
+
+
+def reduce_blocks(c: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_T) of a per-channel pass over tile partials: a few channels per program
+    (several programs for wide layers), tiles read in chunks of about one elementwise tile."""
+    block_c = min(triton.next_power_of_2(c), 32)
+    return block_c, max(16, TILE_ELEMENTS * (16 if is_interpreted() else 1) // block_c)
+
+
+def channel_sums(partials: list, outs: list, t: int, ti: int) -> None:
+    """outs[k][c] = the sum over the tiles of partials[k] (one or two buffers, one launch)."""
+    c = outs[0].numel()
+    block_c, block_t = reduce_blocks(c)
+    two = len(partials) == 2
+    _channel_sums_kernel[(triton.cdiv(c, block_c),)](
+        partials[0], partials[-1], outs[0], outs[-1], t, ti, c, TWO=two,
+        IS_F64=partials[0].dtype == torch.float64, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
+
+
 def _dense(x: torch.Tensor, dim: int):
     layout = channel_layout(x, dim)
     if layout is None:
@@ -260,11 +319,8 @@ def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: 
         db = torch.zeros(c, dtype=x.dtype, device=x.device) if need_db else None
         return out, db
     cl, block_r, block_i, n = _blocks(outer, c, inner)
-    if need_db:
-        shape = (triton.cdiv(outer, block_r), c) if cl else (outer * c, triton.cdiv(inner, block_i))
-        partial = torch.empty(shape, dtype=acc_dtype, device=x.device)
-    else:
-        partial = out
+    shape, tiles, tiles_i = partials_layout(outer, c, inner, cl, block_r, block_i)
+    partial = torch.empty(shape, dtype=acc_dtype, device=x.device) if need_db else out
     _bias_act_bwd_kernel[(n,)](
         g, x, b if b is not None else x, dy, out, partial, outer, c, inner,
         *_scalar_args(alpha, gain, clamp),
@@ -273,6 +329,6 @@ def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: 
         BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))
     db = None
     if need_db:
-        db = partial.sum(0) if cl else partial.view(outer, c, -1).sum(dim=(0, 2))
-        db = db.to(b.dtype if b is not None else x.dtype)
+        db = torch.empty(c, dtype=b.dtype if b is not None else x.dtype, device=x.device)
+        channel_sums([partial], [db], tiles, tiles_i)
     return out, db

@@ -52,6 +52,37 @@ def test_training_mode_matches_reference(act, layout, device):
     assert int(fused.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_many_tiles_per_channel(layout, device, monkeypatch):
+    """Small tiles: each channel's statistics merge 64-128 tile partials in several chunks of the
+    per-channel pass (Chan's formula across chunks), and the backward sums span chunks too."""
+    if fastgan.backend_for(torch.empty(1, device=device)) == "eager":
+        pytest.skip("eager backend runs no kernel")
+    ba = __import__("fastgan.kernels.bias_act", fromlist=["x"])
+    monkeypatch.setattr(ba, "TILE_ELEMENTS", 16 if ba.is_interpreted() else 256)
+    c = 32
+    assert ba.reduce_blocks(c)[1] == 16
+    x = torch.randn(64, c, 4, 4, device=device) * 3 + torch.linspace(-5, 5, c, device=device).view(1, c, 1, 1)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    w, b = torch.rand(c, device=device) + 0.5, torch.randn(c, device=device)
+    stats = fastgan.backend.kernels().bn_stats(x, 1, w, 1e-5)
+    x64 = x.double()
+    var64 = x64.var((0, 2, 3), unbiased=False)
+    for row, ref in zip(stats, (x64.mean((0, 2, 3)), var64, w.double() * torch.rsqrt(var64 + 1e-5),
+                                x64.var((0, 2, 3), unbiased=True))):
+        assert_close(row, ref, torch.float32, "stats")
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    y = batch_norm_act(xs, None, None, ws, bs, training=True, act="lrelu")
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    yr = resolve_act("lrelu").reference(F.batch_norm(xr, None, None, wr, br, True))
+    assert_close(y, yr, torch.float32, "y")
+    dy = torch.randn_like(y)
+    for name, got, ref in zip(("dx", "dw", "db"), torch.autograd.grad(y, [xs, ws, bs], dy),
+                              torch.autograd.grad(yr, [xr, wr, br], dy.double())):
+        assert_close(got, ref, torch.float32, name, tol=5e-5)
+
+
 def test_no_channels_is_a_clear_error(device):
     for training in (True, False):
         with pytest.raises(ValueError, match="at least one channel"):
@@ -85,7 +116,7 @@ def test_large_offset(layout, device):
     x = torch.randn(8, 4, 16, 16, device=device) + 1e4 * torch.arange(1, 5, device=device).view(1, 4, 1, 1)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    mean, var = fastgan.backend.kernels().bn_stats(x, 1)
+    mean, var = fastgan.backend.kernels().bn_stats(x, 1)[:2]
     x64 = x.double()
     mean64, var64 = x64.mean((0, 2, 3)), x64.var((0, 2, 3), unbiased=False)
     half_ulp = (mean64.float().nextafter(torch.full_like(mean64.float(), float("inf"))) - mean64.float()).double() / 2

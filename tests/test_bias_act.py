@@ -154,7 +154,10 @@ def test_every_launcher_reads_strided_vectors(kind, device):
     for out, ref in zip(K.bias_act_bwd(g, x, v[0], 1, "tanh", 0.0, 1.0, None, need_db=True),
                         K.bias_act_bwd(g, x, c[0], 1, "tanh", 0.0, 1.0, None, need_db=True)):
         assert torch.equal(out, ref)
-    for out, ref in zip(K.bn_act_bwd(g, x, *v, 1, "relu", 0.0, 1.0, None), K.bn_act_bwd(g, x, *c, 1, "relu", 0.0, 1.0, None)):
+    assert torch.equal(K.bn_stats(x, 1, v[0]), K.bn_stats(x, 1, c[0]))
+    stats = torch.stack(v, 1).t()  # [4, 3], not contiguous
+    for out, ref in zip(K.bn_act_bwd(g, x, stats, v[1], 1e-5, 1, "relu", 0.0, 1.0, None),
+                        K.bn_act_bwd(g, x, stats.contiguous(), c[1], 1e-5, 1, "relu", 0.0, 1.0, None)):
         assert torch.equal(out, ref)
     coef = VECTORS[kind](2).to(device)
     dp = torch.tensor(1.5, device=device)

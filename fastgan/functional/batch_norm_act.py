@@ -1,9 +1,10 @@
 """batch_norm_act, instance_norm_act: y = clamp(act(norm(x)) * gain), fused when the batch's
 (instances') own statistics normalise.
 
-Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``: a
-statistics pass and one normalise + affine + activation pass forward, a reduction pass and
-one pointwise pass backward. Evaluation mode (running statistics) is an affine map per
+Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``, three
+launches each way: a statistics pass, a per-channel merge, one normalise + affine + activation
+pass forward; a reduction pass, a per-channel sum, one pointwise pass backward. The running
+statistics take one more launch (``torch._foreach_lerp_`` of both buffers). Evaluation mode (running statistics) is an affine map per
 channel: ``F.batch_norm`` followed by the fused ``bias_act``. The eager backend is
 ``F.batch_norm`` + the activation reference. Both modes are differentiable twice, so a
 gradient penalty (R1, WGAN-GP) through a batch-normalised critic is exact.
@@ -13,7 +14,8 @@ Ops (``fused_op.FusedOp``):
 =======================  ==========================================  ==================================
 op                       computes                                    its backward
 =======================  ==========================================  ==================================
-batch_norm_act           (y, mean, biased var)                       batch_norm_act_backward
+batch_norm_act           (y, stats [4, C]: mean, var, scale,         batch_norm_act_backward
+                         unbiased var)
 batch_norm_act_backward  (dx, dw, db): the fused first-order kernels  the second derivative of the
                                                                      reference (F.batch_norm + act,
                                                                      batch statistics recomputed from
@@ -42,40 +44,31 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _affine(var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-    """(invstd, scale, beta) of the per-channel map (x - mean) * scale + beta = (x - mean) * invstd * w + b."""
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
-    beta = bias.to(invstd.dtype) if bias is not None else torch.zeros_like(invstd)
-    return invstd, scale, beta
-
-
-def _fake(x, *rest):
-    """(tensor like x, two per-channel vectors in the statistics dtype): both ops' outputs."""
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,), dtype=_stats_dtype(x)), x.new_empty((c,), dtype=_stats_dtype(x))
+def _fake(x, weight, *rest):
+    """The forward's outputs: a tensor like x and the statistics [4, C] (``STATS_ROWS``)."""
+    return torch.empty_like(x), x.new_empty((4, x.shape[1]), dtype=_stats_dtype(x))
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str, alpha: float,
-             gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+             gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor]:
+    """(y, stats): stats [4, C] holds the batch mean, biased var, scale w / sqrt(var + eps) and
+    unbiased var of each channel (``kernels.batch_norm_act.STATS_ROWS``)."""
     K = _backend.kernels()
-    mean, var = K.bn_stats(x, 1)
-    _, scale, beta = _affine(var, weight, bias, eps)
-    y = K.bias_act_fwd(x, beta, 1, act, alpha, gain, clamp, scale=scale, center=mean)
-    return fresh_like(y, x), mean, var
+    stats = K.bn_stats(x, 1, weight, eps)
+    y = K.bias_act_fwd(x, bias, 1, act, alpha, gain, clamp, scale=stats[2], center=stats[0])
+    return fresh_like(y, x), stats
 
 
 def _setup(ctx, inputs, output):
     x, weight, bias, eps, *act_args = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, weight, bias, output[1])
     ctx.eps, ctx.act_args = eps, act_args
 
 
-def _backward(ctx, dy, _dmean, _dvar):
-    x, weight, bias, mean, var = ctx.saved_tensors
-    dx, dw, db = BATCH_NORM_ACT_BACKWARD(dy, x, weight, bias, mean, var, ctx.eps, *ctx.act_args)
+def _backward(ctx, dy, _dstats):
+    x, weight, bias, stats = ctx.saved_tensors
+    dx, dw, db = BATCH_NORM_ACT_BACKWARD(dy, x, weight, bias, stats, ctx.eps, *ctx.act_args)
     need = ctx.needs_input_grad
     return dx, (dw if weight is not None and need[1] else None), (db if bias is not None and need[2] else None), \
         None, None, None, None, None
@@ -90,20 +83,19 @@ def _backward_fake(dy, x, weight, bias, *rest):
     return torch.empty_like(x), grad_of(weight), grad_of(bias)
 
 
-def _backward_forward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
-                      var: Tensor, eps: float, act: str, alpha: float, gain: float,
+def _backward_forward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor,
+                      eps: float, act: str, alpha: float, gain: float,
                       clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dw, db) of the training-mode batch norm + activation for dy (dw/db empty without a
-    weight/bias), given the forward's batch statistics."""
-    invstd, scale, beta = _affine(var, weight, bias, eps)
-    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, beta, 1, act, alpha, gain, clamp)
+    weight/bias), given the forward's statistics."""
+    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, stats, bias, eps, 1, act, alpha, gain, clamp)
     dw = sum_gx.to(weight.dtype) if weight is not None else x.new_empty((0,))
     db = sum_g.to(bias.dtype) if bias is not None else x.new_empty((0,))
     return fresh_like(dx, x), dw, db
 
 
 def _backward_setup(ctx, inputs, output):
-    dy, x, weight, bias, mean, var, eps, *act_args = inputs
+    dy, x, weight, bias, stats, eps, *act_args = inputs
     ctx.save_for_backward(dy, x, weight, bias)
     ctx.eps, ctx.spec = eps, ActSpec(*act_args)
     ctx.set_materialize_grads(False)
@@ -129,11 +121,20 @@ def _backward_backward(ctx, g_dx, g_dw, g_db):
     it = iter(second)
     out = [next(it) if t is not None else None for t in leaves]
     out = [o.to(t.dtype) if o is not None else None for o, t in zip(out, (dy, x, weight, bias))]
-    return (*out, None, None, None, None, None, None, None)
+    return (*out, None, None, None, None, None, None)
 
 
 BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, _backward_fake, _backward_setup,
                                   _backward_backward)
+
+
+def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, unbiased_var: Tensor,
+                    momentum: float) -> None:
+    """running <- (1 - momentum) * running + momentum * batch value, both buffers in one launch
+    when their dtype is the statistics' (the usual float32 buffers)."""
+    with torch.no_grad():
+        torch._foreach_lerp_([running_mean, running_var],
+                             [mean.to(running_mean.dtype), unbiased_var.to(running_var.dtype)], momentum)
 
 
 def _check(x, weight, bias, running_mean, running_var):
@@ -172,12 +173,9 @@ def batch_norm_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if not training:
         z = F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
         return bias_act(z, None, 1, spec.act, spec.alpha if spec.act == "lrelu" else None, spec.gain, spec.clamp)
-    y, mean, var = BATCH_NORM_ACT(x, weight, bias, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
+    y, stats = BATCH_NORM_ACT(x, weight, bias, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
     if running_mean is not None and running_var is not None:
-        m = x.numel() // x.shape[1]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).to(running_var.dtype), alpha=momentum)
+        _update_running(running_mean, running_var, stats[0], stats[3], momentum)
     return y
 
 
@@ -211,11 +209,7 @@ def instance_norm_act(x: Tensor, running_mean: Optional[Tensor] = None, running_
     n = x.shape[0]
     view = x.reshape(1, n * c, -1)
     repeated = [t.repeat(n) if t is not None else None for t in (weight, bias)]
-    y, mean, var = BATCH_NORM_ACT(view, *repeated, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
+    y, stats = BATCH_NORM_ACT(view, *repeated, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
     if running_mean is not None and running_var is not None:
-        m = view.shape[2]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.view(n, c).mean(0).to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).view(n, c).mean(0).to(running_var.dtype),
-                                                alpha=momentum)
+        _update_running(running_mean, running_var, stats[0].view(n, c).mean(0), stats[3].view(n, c).mean(0), momentum)
     return y.view(x.shape)
