@@ -7,6 +7,12 @@ The ids are the keys of ``ACT_IDS``; the defaults (alpha, gain) live one layer u
 
 All functions are written with ``tl.exp``/``tl.log``/``tl.where`` in numerically stable
 forms (no libdevice: it does not run in the Triton interpreter).
+
+NaN and +-inf give what the eager reference (torch's activations and their autograd) gives:
+NaN in, NaN out (``tl.maximum``/``tl.minimum`` would drop it), except the derivatives torch's
+backward selects by a comparison: relu passes the gradient where z <= 0 is false (NaN
+included), lrelu takes alpha where z > 0 is false; and constant derivatives stay finite at
++-inf (no ``z * 0.0``).
 """
 import triton
 import triton.language as tl
@@ -92,18 +98,18 @@ def act_fwd(z, alpha, ACT: tl.constexpr):
         y = _softplus(z)
     else:
         y = z * _sigmoid(z)
-    return y
+    return tl.where(z != z, z, y)
 
 
 @triton.jit
 def act_d1(z, alpha, ACT: tl.constexpr):
     """d act / dz."""
     if ACT == 0:
-        d = z * 0.0 + 1.0
+        d = tl.zeros_like(z) + 1.0
     elif ACT == 1:
-        d = tl.where(z > 0, 1.0, 0.0)
+        d = tl.where(z <= 0, 0.0, 1.0)
     elif ACT == 2:
-        d = tl.where(z > 0, 1.0, z * 0.0 + alpha)
+        d = tl.where(z > 0, 1.0, alpha)
     elif ACT == 3:
         t = _tanh(z)
         d = 1.0 - t * t
@@ -113,12 +119,14 @@ def act_d1(z, alpha, ACT: tl.constexpr):
     elif ACT == 5:
         d = tl.where(z > 0, 1.0, tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 6:
-        d = tl.where(z > 0, z * 0.0 + SELU_SCALE, SELU_SCALE_ALPHA * tl.exp(tl.minimum(z, 0.0)))
+        d = tl.where(z > 0, SELU_SCALE, SELU_SCALE_ALPHA * tl.exp(tl.minimum(z, 0.0)))
     elif ACT == 7:
         d = _sigmoid(z)
     else:
         s = _sigmoid(z)
         d = s * (1.0 + z * (1.0 - s))
+    if ACT == 5 or ACT == 6:  # NaN at NaN, as torch's vectorised elu backward (tl.minimum drops NaN)
+        d = tl.where(z != z, z, d)
     return d
 
 
@@ -142,5 +150,13 @@ def act_d2(z, alpha, ACT: tl.constexpr):
         s = _sigmoid(z)
         d = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
     else:
-        d = z * 0.0
+        d = tl.zeros_like(z)
+    if ACT == 5 or ACT == 6:
+        d = tl.where(z != z, z, d)
     return d
+
+
+@triton.jit
+def act_clamp(y, clamp):
+    """clamp(y, -clamp, clamp) keeping NaN, as torch.clamp does (tl.minimum/maximum drop it)."""
+    return tl.where(y != y, y, tl.minimum(tl.maximum(y, -clamp), clamp))

@@ -4,12 +4,15 @@ Math, per channel c over the M = N * H * W elements of that channel:
 
     mean, var     = batch mean and biased variance of x
     x_hat         = (x - mean) * invstd,            invstd = 1 / sqrt(var + eps)
-    u             = x_hat * w + b  =  x * scale + shift   (scale = w * invstd, shift = b - mean * scale)
+    u             = x_hat * w + b  =  (x - mean) * scale + b      (scale = w * invstd)
     y             = clamp(act(u) * gain, -clamp, clamp)
 
-Forward: two passes over x: ``bn_stats`` (a reduction producing per-tile count, mean and M2,
-merged with Chan's parallel formula: numerically robust, no sum-of-squares cancellation),
-then the bias_act kernel with a per-channel scale (``bias_act_fwd(..., scale=)``).
+Forward: two passes over x: ``bn_stats`` (a reduction producing per-tile count, mean and M2 of
+x - s, with s one element of the channel, merged with Chan's parallel formula: no sum-of-squares
+cancellation, and a large offset common to the channel cancels exactly before anything is
+summed), then the bias_act kernel with a per-channel center and scale
+(``bias_act_fwd(..., scale=, center=)``). u is always formed as (x - mean) * scale + b, never
+as x * scale + (b - mean * scale), whose two terms cancel when |mean| >> std.
 
 Backward: two passes over (x, dy), one write of dx:
 
@@ -25,20 +28,21 @@ import triton.language as tl
 
 from .activation import ACT_IDS, act_d1, act_fwd, scalar_arg
 from .bias_act import _blocks, _dense, _num_warps, _partial_sum_offsets, _scalar_args, _tile
-from .common import check_launch_dtype
+from .common import check_launch_dtype, vector
 
 __all__ = ["bn_stats", "bn_act_bwd"]
 
 
 @triton.jit
-def _bn_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
+def _bn_stats_kernel(x_ptr, shift_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
                      IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
-    """Per tile and channel: element count, mean and M2 = sum (x - mean)^2."""
+    """Per tile and channel, of x - shift[channel]: element count, mean and M2 = sum (x - mean)^2."""
     pid = tl.program_id(0)
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     x = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
+    x = tl.where(mask, x - tl.load(shift_ptr + chan, mask=chan_mask, other=0.0), 0.0)
     ones = tl.where(mask, 1.0, 0.0).to(x.dtype)
     p_offs, p_mask = _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     if CHANNELS_LAST:  # channels along axis 1: reduce axis 0
@@ -57,7 +61,7 @@ def _bn_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
 
 
 @triton.jit
-def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER,
+def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, beta_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER,
                        alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo, ACT: tl.constexpr,
                        HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
@@ -71,26 +75,25 @@ def _bn_act_grad_terms(pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invst
     x = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(x.dtype)
     scale = tl.load(scale_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    shift = tl.load(shift_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
+    beta = tl.load(beta_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
     mean = tl.load(mean_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
     invstd = tl.load(invstd_ptr + chan, mask=chan_mask, other=0.0).to(x.dtype)
-    u = x * scale + shift
-    g = dy * gain * act_d1(u, alpha, ACT)
-    if HAS_CLAMP:
-        g = tl.where(tl.abs(act_fwd(u, alpha, ACT) * gain) <= clamp, g, 0.0)
-    g = tl.where(mask, g, 0.0)
+    u = (x - mean) * scale + beta
+    if HAS_CLAMP:  # zero dy where clamped, then act' (NaN stays NaN, as in bias_act's backward)
+        dy = tl.where(tl.abs(act_fwd(u, alpha, ACT) * gain) <= clamp, dy, 0.0)
+    g = tl.where(mask, dy * gain * act_d1(u, alpha, ACT), 0.0)
     return offs, mask, chan, chan_mask, g, (x - mean) * invstd, scale
 
 
 @triton.jit
-def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, sg_ptr, sgx_ptr,
+def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, beta_ptr, mean_ptr, invstd_ptr, sg_ptr, sgx_ptr,
                               OUTER, C, INNER, alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
                               ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
                               CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """Per-tile partial sums of g and g * x_hat (pass 1 of the backward)."""
     pid = tl.program_id(0)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
-        pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
+        pid, dy_ptr, x_ptr, scale_ptr, beta_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
         alpha_lo, gain_lo, clamp_lo, ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     gx = g * x_hat
     p_offs, p_mask = _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
@@ -103,14 +106,14 @@ def _bn_act_bwd_reduce_kernel(dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, inv
 
 
 @triton.jit
-def _bn_act_bwd_dx_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, mg_ptr, mgx_ptr,
+def _bn_act_bwd_dx_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, beta_ptr, mean_ptr, invstd_ptr, mg_ptr, mgx_ptr,
                           OUTER, C, INNER, alpha, gain, clamp, alpha_lo, gain_lo, clamp_lo,
                           ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr,
                           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     """dx = scale * (g - mean(g) - x_hat * mean(g * x_hat)) (pass 2 of the backward)."""
     pid = tl.program_id(0)
     offs, mask, chan, chan_mask, g, x_hat, scale = _bn_act_grad_terms(
-        pid, dy_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
+        pid, dy_ptr, x_ptr, scale_ptr, beta_ptr, mean_ptr, invstd_ptr, OUTER, C, INNER, alpha, gain, clamp,
         alpha_lo, gain_lo, clamp_lo, ACT, HAS_CLAMP, IS_F64, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     mg = tl.load(mg_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
     mgx = tl.load(mgx_ptr + chan, mask=chan_mask, other=0.0).to(g.dtype)
@@ -136,25 +139,28 @@ def bn_stats(x: torch.Tensor, dim: int = 1):
     if x.numel() == 0:
         raise ValueError("batch statistics of an empty tensor")
     cl, block_r, block_i, n = _blocks(outer, c, inner)
+    shift = x.as_strided((c,), (inner,)).to(acc, copy=True)  # the element (0, c, 0) of [OUTER, C, INNER]
     count, mean, m2 = (_partials(x, outer, c, inner, cl, block_r, block_i, acc) for _ in range(3))
-    _bn_stats_kernel[(n,)](x, count, mean, m2, outer, c, inner, IS_F64=x.dtype == torch.float64,
+    _bn_stats_kernel[(n,)](x, shift, count, mean, m2, outer, c, inner, IS_F64=x.dtype == torch.float64,
                            CHANNELS_LAST=cl, BLOCK_R=block_r, BLOCK_I=block_i,
                            num_warps=_num_warps(block_r, block_i))
     count, mean_t, m2 = (_per_channel(t, outer, c, cl) for t in (count, mean, m2))
     total = count.sum(0)
     mean = (count * mean_t).sum(0) / total                       # Chan et al.: merge the tiles
     m2 = (m2 + count * (mean_t - mean) ** 2).sum(0)
-    return mean, m2 / total
+    return shift + mean, m2 / total
 
 
 def bn_act_bwd(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
-               scale: torch.Tensor, shift: torch.Tensor, dim: int, act: str, alpha: float, gain: float,
+               scale: torch.Tensor, beta: torch.Tensor, dim: int, act: str, alpha: float, gain: float,
                clamp: float | None):
     """(dx, sum g, sum g * x_hat) for the fused batch-norm + activation (see module docstring).
 
-    ``mean``, ``invstd``, ``scale``, ``shift`` are per-channel float32 (float64) vectors.
+    ``mean``, ``invstd``, ``scale`` (w * invstd) and ``beta`` (b, zeros without affine) are
+    per-channel float32 (float64) vectors: u = (x - mean) * scale + beta.
     """
     check_launch_dtype(x, dy)
+    mean, invstd, scale, beta = (vector(t) for t in (mean, invstd, scale, beta))
     x, (outer, c, inner) = _dense(x, dim)
     if dy.stride() != x.stride():
         dy = torch.empty_like(x).copy_(dy)
@@ -164,11 +170,11 @@ def bn_act_bwd(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: to
     meta = dict(ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None, IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl,
                 BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))
     scalars = _scalar_args(alpha, gain, clamp)
-    _bn_act_bwd_reduce_kernel[(n,)](dy, x, scale, shift, mean, invstd, sg, sgx, outer, c, inner, *scalars, **meta)
+    _bn_act_bwd_reduce_kernel[(n,)](dy, x, scale, beta, mean, invstd, sg, sgx, outer, c, inner, *scalars, **meta)
     sum_g = _per_channel(sg, outer, c, cl).sum(0)
     sum_gx = _per_channel(sgx, outer, c, cl).sum(0)
     m = outer * inner
     dx = torch.empty_like(x)
-    _bn_act_bwd_dx_kernel[(n,)](dy, x, dx, scale, shift, mean, invstd, sum_g / m, sum_gx / m, outer, c, inner,
+    _bn_act_bwd_dx_kernel[(n,)](dy, x, dx, scale, beta, mean, invstd, sum_g / m, sum_gx / m, outer, c, inner,
                                 *scalars, **meta)
     return dx, sum_g, sum_gx

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import ACT_IDS, act_d1, act_d2, act_fwd, scalar_arg
-from .common import TILE_ELEMENTS, check_launch_dtype, is_dense, is_interpreted, split_float
+from .activation import ACT_IDS, act_clamp, act_d1, act_d2, act_fwd, scalar_arg
+from .common import TILE_ELEMENTS, check_launch_dtype, is_dense, is_interpreted, split_float, vector
 
 __all__ = ["bias_act_fwd", "bias_act_bwd", "channel_layout"]
 
@@ -73,9 +73,9 @@ def _partial_sum_offsets(pid, OUTER, C, INNER, CHANNELS_LAST: tl.constexpr, BLOC
 
 
 @triton.jit
-def _bias_act_fwd_kernel(x_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gain, clamp,
+def _bias_act_fwd_kernel(x_ptr, m_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gain, clamp,
                          alpha_lo, gain_lo, clamp_lo,
-                         ACT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         ACT: tl.constexpr, HAS_CENTER: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                          HAS_CLAMP: tl.constexpr, IS_F64: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
@@ -86,13 +86,15 @@ def _bias_act_fwd_kernel(x_ptr, s_ptr, b_ptr, y_ptr, OUTER, C, INNER, alpha, gai
     offs, mask, chan, chan_mask = _tile(pid, OUTER, C, INNER, CHANNELS_LAST, BLOCK_R, BLOCK_I)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     z = x.to(tl.float64) if IS_F64 else x.to(tl.float32)
-    if HAS_SCALE:  # per-channel scale (the batch-norm epilogue: z = x * scale + shift)
+    if HAS_CENTER:  # per-channel center and scale: the batch-norm epilogue z = (x - mean) * scale + b
+        z -= tl.load(m_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
+    if HAS_SCALE:
         z *= tl.load(s_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
     if HAS_BIAS:
         z += tl.load(b_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
     y = act_fwd(z, alpha, ACT) * gain
     if HAS_CLAMP:
-        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+        y = act_clamp(y, clamp)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -112,13 +114,17 @@ def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dy_ptr, out_ptr, partial_ptr, OUTE
     if HAS_BIAS:
         z += tl.load(b_ptr + chan, mask=chan_mask, other=0.0).to(z.dtype)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(z.dtype)
+    # the clamp zeroes the upstream gradient (dy) before act' multiplies it, as in the reference:
+    # where act' is NaN (tanh at NaN, swish at inf) the product stays NaN
     if ORDER == 1:
+        if HAS_CLAMP:
+            g = tl.where(tl.abs(act_fwd(z, alpha, ACT) * gain) <= clamp, g, 0.0)
         out = g * gain * act_d1(z, alpha, ACT)
     else:
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(z.dtype)
+        if HAS_CLAMP:
+            dy = tl.where(tl.abs(act_fwd(z, alpha, ACT) * gain) <= clamp, dy, 0.0)
         out = g * dy * gain * act_d2(z, alpha, ACT)
-    if HAS_CLAMP:
-        out = tl.where(tl.abs(act_fwd(z, alpha, ACT) * gain) <= clamp, out, 0.0)
     out = tl.where(mask, out, 0.0)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     if NEED_DB:
@@ -141,6 +147,8 @@ def channel_layout(x: torch.Tensor, dim: int):
     if not is_dense(x):
         return None
     c = x.shape[dim]
+    if x.numel() == 0:
+        return 0, c, 1
     if c == 1:
         return 1, 1, x.numel()
     s = x.stride(dim)
@@ -204,23 +212,25 @@ def _output_like(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 def bias_act_fwd(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float,
                  gain: float, clamp: float | None, out: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
-    """y = clamp(act(x * scale + b) * gain); y has x's dtype and memory layout (written into
-    ``out`` if given). ``scale`` (per channel, optional) serves the batch-norm epilogue; it and
-    ``b`` may be float32 for half inputs (they are read in the compute precision)."""
+                 scale: torch.Tensor | None = None, center: torch.Tensor | None = None) -> torch.Tensor:
+    """y = clamp(act((x - center) * scale + b) * gain); y has x's dtype and memory layout (written
+    into ``out`` if given). ``center`` and ``scale`` (per channel, optional) serve the batch-norm
+    epilogue; they and ``b`` may then be float32 for half inputs (read in the compute precision)."""
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"kernel input must be float16/bfloat16/float32/float64, got {x.dtype}")
-    if scale is None:
+    if scale is None and center is None:
         check_launch_dtype(x, b)
+    b, scale, center = vector(b), vector(scale), vector(center)
     x, (outer, c, inner) = _dense(x, dim)
     y = _output_like(x, out)
     if x.numel() == 0:
         return y
     cl, block_r, block_i, n = _blocks(outer, c, inner)
     _bias_act_fwd_kernel[(n,)](
-        x, scale if scale is not None else x, b if b is not None else x, y, outer, c, inner,
-        *_scalar_args(alpha, gain, clamp),
-        ACT=ACT_IDS[act], HAS_SCALE=scale is not None, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
+        x, center if center is not None else x, scale if scale is not None else x, b if b is not None else x, y,
+        outer, c, inner, *_scalar_args(alpha, gain, clamp),
+        ACT=ACT_IDS[act], HAS_CENTER=center is not None, HAS_SCALE=scale is not None, HAS_BIAS=b is not None,
+        HAS_CLAMP=clamp is not None,
         IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl, BLOCK_R=block_r, BLOCK_I=block_i,
         num_warps=_num_warps(block_r, block_i))
     return y
@@ -240,6 +250,7 @@ def bias_act_bwd(g: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: 
     if order == 2 and dy is None:
         raise ValueError("order 2 needs dy, the upstream gradient of the first backward")
     check_launch_dtype(x, b)
+    b = vector(b)
     x, (outer, c, inner) = _dense(x, dim)
     g = _same_layout(g, x)
     dy = _same_layout(dy, x) if dy is not None else g

@@ -5,7 +5,7 @@ import struct
 
 import torch
 
-__all__ = ["is_interpreted", "is_dense", "split_float", "check_launch_dtype", "FLOAT_DTYPES"]
+__all__ = ["is_interpreted", "is_dense", "split_float", "check_launch_dtype", "vector", "FLOAT_DTYPES"]
 
 # Elements per program on the GPU: 4096 keeps 8 warps busy with 16 B vector accesses.
 # Under the interpreter a program is one numpy evaluation, so tiles are made larger there.
@@ -53,6 +53,12 @@ def check_launch_dtype(x: torch.Tensor, *others) -> None:
             raise TypeError(f"kernel inputs must share one dtype, got {x.dtype} and {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"kernel inputs must share one device, got {x.device} and {t.device}")
+
+
+def vector(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-channel (or per-sample) launcher argument, which the kernels read at ``ptr + i``:
+    contiguous (a strided or expanded vector is copied; its elements are not at ptr + i)."""
+    return None if t is None else t.contiguous()
 
 
 def is_dense(x: torch.Tensor) -> bool:

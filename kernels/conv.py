@@ -49,8 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .activation import ACT_IDS, act_fwd, scalar_arg
-from .common import check_launch_dtype, is_interpreted, split_float
+from .activation import ACT_IDS, act_clamp, act_fwd, scalar_arg
+from .common import check_launch_dtype, is_interpreted, split_float, vector
 from .geometry import ConvGeom
 
 __all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last"]
@@ -246,7 +246,7 @@ def _conv_act_kernel(
         v += tl.load(b_ptr + chan, mask=co_ok, other=0.0).to(acc.dtype)[None, :]
     y = act_fwd(v, alpha, ACT) * gain
     if HAS_CLAMP:
-        y = tl.minimum(tl.maximum(y, -clamp), clamp)
+        y = act_clamp(y, clamp)
     if RTNE_BF16:
         y = _round_bf16_rtne(y)
     tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_ok)
@@ -355,8 +355,7 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
         z = None
     if y.numel() == 0:
         return y, z
-    if b is not None:
-        b = b.contiguous()
+    b = vector(b)
     if not is_interpreted() and w.numel() > 0 and w.stride(1) != 1 and w.stride(0) != 1:
         # On the GPU, read the weight tile along a contiguous axis: torch's default layout
         # has neither the reduction (Cin) nor the output-channel axis contiguous. The

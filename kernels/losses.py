@@ -23,7 +23,9 @@ Terms (``LOSS_TERMS``; z = one logit; every one is finite for |z| up to the dtyp
 
 softplus is max(z, 0) + log1p(exp(-|z|)) and sigmoid takes exp of -|z| only, so logits of
 magnitude 1e4 (or 1e38) neither overflow nor lose the gradient. At the hinge kinks the
-derivative is 0 (as torch.relu's).
+derivative is 0 (as torch.relu's). At +-inf and NaN every term gives what the reference gives:
+the hinge terms select as torch.relu's backward does (NaN passes the gradient, inf beyond the
+kink gives 0), and the constant derivatives stay finite.
 
 Reduction: ``P`` programs; program p accumulates (in float32, or float64 for float64 logits)
 the blocks p, p + P, p + 2P, ... of both batches, already divided by the batch size, and
@@ -70,17 +72,17 @@ def _loss_term(z, TERM: tl.constexpr):
         v = -_softplus(z)
         d = -_sigmoid(z)
     elif TERM == 3:
-        v = tl.maximum(1.0 - z, 0.0)
-        d = tl.where(z < 1.0, -1.0, 0.0) + z * 0.0
+        v = tl.where(z >= 1.0, 0.0, 1.0 - z)
+        d = tl.where(z >= 1.0, 0.0, -1.0).to(z.dtype)
     elif TERM == 4:
-        v = tl.maximum(1.0 + z, 0.0)
-        d = tl.where(z > -1.0, 1.0, 0.0) + z * 0.0
+        v = tl.where(z <= -1.0, 0.0, 1.0 + z)
+        d = tl.where(z <= -1.0, 0.0, 1.0).to(z.dtype)
     elif TERM == 5:
         v = -z
-        d = z * 0.0 - 1.0
+        d = tl.zeros_like(z) - 1.0
     elif TERM == 6:
         v = z
-        d = z * 0.0 + 1.0
+        d = tl.zeros_like(z) + 1.0
     elif TERM == 7:
         v = 0.5 * (z - 1.0) * (z - 1.0)
         d = z - 1.0

@@ -9,7 +9,8 @@ The launchers copy to contiguous otherwise; outputs keep their input's layout.
     penalty forward   s_n = sum_k g[n, k]^2                      (float32 / float64 accumulation)
                       wgan-gp: P = sum_n w (sqrt(s_n) - c)^2,  coef_n = 2 w (sqrt(s_n) - c) / sqrt(s_n)
                       r1/r2:   P = sum_n w s_n,                coef_n = 2 w
-                      (coef_n = 0 where s_n == 0: the safe-norm convention, no NaN)
+                      (coef_n = 0 where s_n == 0: the safe-norm convention, no NaN; a NaN or
+                      inf gradient gives NaN/inf as the reference does)
     penalty backward  dg[n, k] = dP * coef_n * g[n, k]           (one pointwise pass)
 
 ``w`` (the weight, e.g. gamma / N) is chosen by the caller. The forward kernel runs one
@@ -20,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_launch_dtype, is_dense, is_interpreted, split_float as _split
+from .common import check_launch_dtype, is_dense, is_interpreted, split_float as _split, vector
 
 __all__ = ["PENALTY_KINDS", "interpolate", "grad_penalty_fwd", "grad_penalty_bwd"]
 
@@ -71,11 +72,11 @@ def _grad_penalty_fwd_kernel(g_ptr, coef_ptr, term_ptr, M, ITERS, weight_hi, wei
         norm = tl.sqrt(sq)
         dev = norm - center
         term = weight * dev * dev
-        safe = tl.where(norm > 0.0, norm, 1.0)
-        coef = tl.where(norm > 0.0, 2.0 * weight * dev / safe, 0.0)
+        safe = tl.where(norm == 0.0, 1.0, norm)
+        coef = tl.where(norm == 0.0, 0.0, 2.0 * weight * dev / safe)
     else:
         term = weight * sq
-        coef = sq * 0.0 + 2.0 * weight
+        coef = 2.0 * weight
     tl.store(term_ptr + n, term)
     tl.store(coef_ptr + n, coef)
 
@@ -124,7 +125,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> to
     same = all(a == b for a, b, size in zip(real.stride(), fake.stride(), real.shape) if size > 1)
     if not (_batch_major(real) and same):
         real, fake = real.contiguous(), fake.contiguous()
-    eps = eps.reshape(-1).contiguous().to(_acc_dtype(real))
+    eps = vector(eps.reshape(-1)).to(_acc_dtype(real))
     out = torch.empty_like(real)
     total = real.numel()
     if total == 0:
@@ -171,7 +172,7 @@ def grad_penalty_bwd(dp: torch.Tensor, g: torch.Tensor, coef: torch.Tensor) -> t
     total = g.numel()
     if total == 0:
         return out
-    dp = dp.reshape(1).to(coef.dtype)
+    coef, dp = vector(coef), dp.reshape(1).to(coef.dtype)
     block = _pointwise_block(total)
     _grad_penalty_bwd_kernel[(triton.cdiv(total, block),)](
         g, coef, dp, out, total, total // g.shape[0],

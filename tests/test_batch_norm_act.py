@@ -4,11 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+import fastgan
+
 from fastgan.functional import resolve_act
 from fastgan.functional.batch_norm_act import batch_norm_act
 from fastgan.nn import BatchNormAct2d
 
-from .utils import assert_close
+from .utils import assert_close, rel_err
 
 
 def _pair(c, act, alpha=None, gain=None, clamp=None, device="cpu", momentum=0.1):
@@ -47,6 +49,12 @@ def test_training_mode_matches_reference(act, layout, device):
     assert int(fused.num_batches_tracked) == 1
 
 
+def test_no_channels_is_a_clear_error(device):
+    for training in (True, False):
+        with pytest.raises(ValueError, match="at least one channel"):
+            batch_norm_act(torch.randn(2, 0, 3, 3, device=device), None, None, training=training)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 5, 5), (4, 1, 3, 3), (2, 7, 1, 3), (17, 3, 1, 1)])
 def test_odd_shapes(shape, device):
     ref, fused = _pair(shape[1], "lrelu", alpha=0.1, clamp=1.5, device=device)
@@ -62,6 +70,30 @@ def test_odd_shapes(shape, device):
     (dx,) = torch.autograd.grad(y, x, dy)
     (dx64,) = torch.autograd.grad(y64, x64, dy.double())
     assert_close(dx, dx64, torch.float32, "dx", tol=5e-5)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_large_offset(layout, device):
+    """Data at 1e4 (and up to 4e4) with unit spread: the statistics are those of float64 rounded
+    once to float32, and the output is as accurate as (x - mean) * invstd * w + b with the
+    float32-rounded mean can be (the floor torch's own float32 batch norm also sits on)."""
+    ref64, fused = _pair(4, "linear", device=device)
+    ref64.double()
+    x = torch.randn(8, 4, 16, 16, device=device) + 1e4 * torch.arange(1, 5, device=device).view(1, 4, 1, 1)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    mean, var = fastgan.backend.kernels().bn_stats(x, 1)
+    x64 = x.double()
+    mean64, var64 = x64.mean((0, 2, 3)), x64.var((0, 2, 3), unbiased=False)
+    half_ulp = (mean64.float().nextafter(torch.full_like(mean64.float(), float("inf"))) - mean64.float()).double() / 2
+    assert ((mean.double() - mean64).abs() <= 1.01 * half_ulp).all(), (mean.double() - mean64, half_ulp)
+    assert_close(var, var64, torch.float32, "var", tol=1e-6)
+    y, y64 = fused(x), ref64(x64)
+    w, b = ref64.weight.view(1, -1, 1, 1), ref64.bias.view(1, -1, 1, 1)
+    floor = rel_err((x64 - mean64.float().double().view(1, -1, 1, 1)) * torch.rsqrt(var64 + 1e-5).view(1, -1, 1, 1)
+                    * w + b, y64)
+    assert rel_err(y, y64) <= 1.1 * floor + 1e-5, (rel_err(y, y64), floor)
+    assert_close(fused.running_mean, ref64.running_mean, torch.float32, "running_mean")
 
 
 def test_bfloat16_input_with_float32_parameters(device):

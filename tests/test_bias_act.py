@@ -112,6 +112,56 @@ def test_gradient_layout_differs_from_input(device):
     assert_close(db, db64, torch.float32, "db")
 
 
+# vectors whose elements are not at ptr + i (positive: they also serve as scales and invstd)
+VECTORS = {"strided": lambda n: (torch.rand(2 * n) + 0.5)[::2], "expanded": lambda n: (torch.rand(1) + 0.5).expand(n)}
+
+
+@pytest.mark.parametrize("kind", sorted(VECTORS))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_strided_and_expanded_bias(kind, layout, device):
+    """A bias whose elements are not at ptr + i (a strided view, an expanded scalar): output,
+    dx and the gradient of the tensor the bias is a view of."""
+    x = torch.randn(2, 3, 4, 5, device=device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x = x.requires_grad_()
+    base = VECTORS[kind](3)._base.to(device).requires_grad_()
+    view = (lambda t: t[::2]) if kind == "strided" else (lambda t: t.expand(3))
+    y = bias_act(x, view(base), act="lrelu")
+    x64, base64 = x.detach().double().requires_grad_(), base.detach().double().requires_grad_()
+    y64 = _bias_act_ref(x64, view(base64), 1, resolve_act("lrelu"))
+    assert_close(y, y64, torch.float32, "y")
+    dy = torch.randn_like(y)
+    for name, out, ref in zip(("dx", "d base"), torch.autograd.grad(y, [x, base], dy),
+                              torch.autograd.grad(y64, [x64, base64], dy.double())):
+        assert_close(out, ref, torch.float32, name)
+
+
+@pytest.mark.parametrize("kind", sorted(VECTORS))
+def test_every_launcher_reads_strided_vectors(kind, device):
+    """Every launcher argument read as ``ptr + i`` (bias, scale, batch-norm statistics, penalty
+    coefficients and eps): a strided or expanded vector gives what its contiguous copy gives."""
+    if fastgan.backend_for(torch.empty(1, device=device)) == "eager":
+        pytest.skip("eager backend runs no kernel")
+    K = fastgan.backend.kernels()
+    x, g = torch.randn(2, 3, 4, 5, device=device), torch.randn(2, 3, 4, 5, device=device)
+    v = [VECTORS[kind](3).to(device) for _ in range(4)]
+    c = [t.contiguous() for t in v]
+    assert not v[0].is_contiguous()
+    assert torch.equal(K.bias_act_fwd(x, v[0], 1, "tanh", 0.0, 1.0, None), K.bias_act_fwd(x, c[0], 1, "tanh", 0.0, 1.0, None))
+    assert torch.equal(K.bias_act_fwd(x, v[0], 1, "tanh", 0.0, 1.0, None, scale=v[1], center=v[2]),
+                       K.bias_act_fwd(x, c[0], 1, "tanh", 0.0, 1.0, None, scale=c[1], center=c[2]))
+    for out, ref in zip(K.bias_act_bwd(g, x, v[0], 1, "tanh", 0.0, 1.0, None, need_db=True),
+                        K.bias_act_bwd(g, x, c[0], 1, "tanh", 0.0, 1.0, None, need_db=True)):
+        assert torch.equal(out, ref)
+    for out, ref in zip(K.bn_act_bwd(g, x, *v, 1, "relu", 0.0, 1.0, None), K.bn_act_bwd(g, x, *c, 1, "relu", 0.0, 1.0, None)):
+        assert torch.equal(out, ref)
+    coef = VECTORS[kind](2).to(device)
+    dp = torch.tensor(1.5, device=device)
+    assert torch.equal(K.grad_penalty_bwd(dp, x, coef), K.grad_penalty_bwd(dp, x, coef.contiguous()))
+    assert torch.equal(K.interpolate(x, g, coef), K.interpolate(x, g, coef.contiguous()))
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_every_output_element_is_written(layout, device):
     kernels = fastgan.backend.kernels()
@@ -251,6 +301,17 @@ def test_bad_bias_and_input(device):
     if device == "cpu" and torch.cuda.is_available():
         with pytest.raises(ValueError, match="device"):
             bias_act(x, torch.randn(3, device="cuda"))
+
+
+def test_zero_channels_and_empty_tensors(device):
+    """No channels (or no elements): empty outputs and gradients, as the reference gives."""
+    for shape, dim in (((2, 0, 3, 3), 1), ((0, 3), 1), ((4, 0), 1)):
+        x = torch.randn(*shape, device=device, requires_grad=True)
+        b = torch.randn(shape[dim], device=device, requires_grad=True)
+        y = bias_act(x, b, dim=dim, act="tanh")
+        dx, db = torch.autograd.grad(y.sum(), [x, b])
+        assert y.shape == dx.shape == x.shape and db.shape == b.shape
+        assert torch.equal(db, torch.zeros_like(b))
 
 
 def test_launcher_rejects_integer_tensors(device):

@@ -17,9 +17,9 @@ bn = importlib.import_module("fastgan.kernels.batch_norm_act")
 SCALARS = ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo")
 INTS = ("OUTER", "C", "INNER")
 ACC_PTRS = ("partial_ptr", "count_ptr", "mean_ptr", "m2_ptr", "sg_ptr", "sgx_ptr", "scale_ptr", "shift_ptr",
-            "invstd_ptr", "mg_ptr", "mgx_ptr", "s_ptr")
+            "beta_ptr", "invstd_ptr", "mg_ptr", "mgx_ptr", "m_ptr", "s_ptr")
 n = 0
-for kernel, extra in ((ba._bias_act_fwd_kernel, dict(HAS_SCALE=True, HAS_BIAS=True, HAS_CLAMP=True)),
+for kernel, extra in ((ba._bias_act_fwd_kernel, dict(HAS_CENTER=True, HAS_SCALE=True, HAS_BIAS=True, HAS_CLAMP=True)),
                       (ba._bias_act_bwd_kernel, dict(ORDER=1, HAS_BIAS=True, HAS_CLAMP=True, NEED_DB=True)),
                       (ba._bias_act_bwd_kernel, dict(ORDER=2, HAS_BIAS=True, HAS_CLAMP=False, NEED_DB=True)),
                       (bn._bn_stats_kernel, {}),

@@ -33,14 +33,12 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
-    """(invstd, scale, shift) of the per-channel map x * scale + shift = (x - mean) * invstd * w + b."""
+def _affine(var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """(invstd, scale, beta) of the per-channel map (x - mean) * scale + beta = (x - mean) * invstd * w + b."""
     invstd = torch.rsqrt(var + eps)
     scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.to(shift.dtype)
-    return invstd, scale, shift
+    beta = bias.to(invstd.dtype) if bias is not None else torch.zeros_like(invstd)
+    return invstd, scale, beta
 
 
 def _fake(x, *rest):
@@ -53,8 +51,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: f
              gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
     K = _backend.kernels()
     mean, var = K.bn_stats(x, 1)
-    _, scale, shift = _affine(mean, var, weight, bias, eps)
-    y = K.bias_act_fwd(x, shift, 1, act, alpha, gain, clamp, scale=scale)
+    _, scale, beta = _affine(var, weight, bias, eps)
+    y = K.bias_act_fwd(x, beta, 1, act, alpha, gain, clamp, scale=scale, center=mean)
     return fresh_like(y, x), mean, var
 
 
@@ -68,8 +66,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _dvar):
     x, weight, bias, mean, var = ctx.saved_tensors
-    invstd, scale, shift = _affine(mean, var, weight, bias, ctx.eps)
-    dx, sum_g, sum_gx = BATCH_NORM_ACT_BACKWARD(dy, x, mean, invstd, scale, shift, *ctx.act_args)
+    invstd, scale, beta = _affine(var, weight, bias, ctx.eps)
+    dx, sum_g, sum_gx = BATCH_NORM_ACT_BACKWARD(dy, x, mean, invstd, scale, beta, *ctx.act_args)
     need = ctx.needs_input_grad
     dw = sum_gx.to(weight.dtype) if weight is not None and need[1] else None
     db = sum_g.to(bias.dtype) if bias is not None and need[2] else None
@@ -79,9 +77,9 @@ def _backward(ctx, dy, _dmean, _dvar):
 BATCH_NORM_ACT = FusedOp("batch_norm_act", _forward, _fake, _setup, _backward)
 
 
-def _backward_forward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, shift: Tensor, act: str,
+def _backward_forward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, beta: Tensor, act: str,
                       alpha: float, gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
-    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, shift, 1, act, alpha, gain, clamp)
+    dx, sum_g, sum_gx = _backend.kernels().bn_act_bwd(dy, x, mean, invstd, scale, beta, 1, act, alpha, gain, clamp)
     return fresh_like(dx, x), sum_g, sum_gx
 
 
@@ -95,6 +93,8 @@ def _check(x, weight, bias, running_mean, running_var):
     if x.dim() != 4:
         raise ValueError(f"x must be 4-d [N, C, H, W], got shape {tuple(x.shape)}")
     c = x.shape[1]
+    if c == 0:
+        raise ValueError(f"x must have at least one channel, got shape {tuple(x.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if t is None:
