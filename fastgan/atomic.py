@@ -40,7 +40,7 @@ def _temporary(path: str) -> tuple[int, str]:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> str:
     """Call ``write(f)`` on a temporary file, then rename it to ``path``; returns ``path``.
-    An OSError names ``path`` (``exc.filename``) even when the failing call did not."""
+    A system OSError names ``path`` (``exc.filename``) even when the failing call did not."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = _temporary(path)
@@ -55,8 +55,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = path
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            exc.filename = path  # a system error (e.g. ENOSPC from write()) that did not name the file
         raise
     return path
 

@@ -65,6 +65,7 @@ def test_every_loss_and_penalty_runs(tmp_path, loss, penalty):
 def test_resume_is_exact(tmp_path, objective):
     """Bitwise: lazy R1 across the resume, and WGAN-GP with n_critic 2 (whose interpolation
     weights come from the trainer's own generator, not the global one the DataLoader draws from)."""
+    objective = dict(objective, g_width=4, d_width=4, batch_size=4, n_embedded=16)
     full = Trainer(tiny(tmp_path / "a", steps=4, **objective))
     full.train()
     first = Trainer(tiny(tmp_path / "b", steps=2, **objective))
