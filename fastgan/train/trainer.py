@@ -426,8 +426,9 @@ class Trainer:
         """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
         Returns the summary: "status" is "completed", "interrupted" ("signal" names it) or
         "diverged" ("diverged" says what became non-finite); an image that does not decode
-        raises a DataError once the checkpoint is written (summary.json: "data error"). Rank 0 holds ``out``'s FolderLock and
-        first removes the temporary files interrupted writes left there."""
+        raises a DataError once the checkpoint is written (summary.json: "data error"). Rank 0
+        holds ``out``'s FolderLock and first removes the temporary files interrupted writes left
+        there."""
         cfg, main = self.cfg, self.dist.is_main
         with FolderLock(cfg.out) if main else contextlib.nullcontext():
             if main:
@@ -440,34 +441,12 @@ class Trainer:
         start_step = self.step
         loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
                              cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
-        data = iter(loader)
         monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
-        status, signum, bad_data, data_error = "completed", 0, 0, None
-        with _StopOnSignal() as stop, RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
-            while self.step < cfg.steps:
-                reals, data_error = self._next_batches(data, stop)
-                # every rank stops at the same step, whichever rank has a reason (one small all-reduce)
-                signum, diverged, bad_data = dist_util.max_over_ranks(
-                    [stop.signal or 0, self.diverged is not None, data_error is not None], self.dist)
-                if diverged:
-                    break
-                if signum or bad_data:
-                    log.flush()
-                    self._checkpoint()
-                    dist_util.max_over_ranks([0], self.dist)  # no rank exits before rank 0 has written it
-                    status = "interrupted" if signum else "data error"
-                    break
-                stats = self.train_step(reals)
-                last = self.step == cfg.steps
-                if monitor is not None:
-                    monitor.step(cfg.batch_size * cfg.n_critic)
-                log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
-                if main and (self.step % cfg.sample_every == 0 or last):
-                    self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
-                if self.step % cfg.ckpt_every == 0 or last:
-                    log.flush()
-                    self._checkpoint()
-        summary = self._summary("diverged" if self.diverged else status, start_step, log, monitor, signum)
+        with _StopOnSignal() as stop:  # the summary too: a repeated Ctrl-C must not cut it short
+            with RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
+                status, signum, data_error = self._loop(iter(loader), stop, log, monitor)
+            status = "diverged" if self.diverged else status
+            summary = self._summary(status, start_step, log, monitor, signum)
         if status == "data error":
             saved = (f"checkpoint of step {self.checkpoint_step} in {summary['checkpoint']}"
                      if self.checkpoint_step is not None else "no checkpoint")
@@ -475,6 +454,34 @@ class Trainer:
             raise DataError(f"{why}; stopped before step {self.step + 1} ({saved}): fix or remove the file, "
                             "then resume")
         return summary
+
+    def _loop(self, data, stop, log, monitor) -> tuple[str, int, DataError | None]:
+        """The steps up to ``cfg.steps`` or the first stop: (status, the signal's number or 0, this
+        rank's DataError or None). A divergence ends it too (``self.diverged`` says so)."""
+        cfg, main = self.cfg, self.dist.is_main
+        while self.step < cfg.steps:
+            reals, data_error = self._next_batches(data, stop)
+            # every rank stops at the same step, whichever rank has a reason (one small all-reduce)
+            signum, diverged, bad_data = dist_util.max_over_ranks(
+                [stop.signal or 0, self.diverged is not None, data_error is not None], self.dist)
+            if diverged:
+                break
+            if signum or bad_data:
+                log.flush()
+                self._checkpoint()
+                dist_util.max_over_ranks([0], self.dist)  # no rank exits before rank 0 has written it
+                return ("interrupted" if signum else "data error"), signum, data_error
+            stats = self.train_step(reals)
+            last = self.step == cfg.steps
+            if monitor is not None:
+                monitor.step(cfg.batch_size * cfg.n_critic)
+            log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
+            if main and (self.step % cfg.sample_every == 0 or last):
+                self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
+            if self.step % cfg.ckpt_every == 0 or last:
+                log.flush()
+                self._checkpoint()
+        return "completed", 0, None
 
     def _next_batches(self, data, stop) -> tuple[list | None, DataError | None]:
         """(the next step's real batches, None), or (None, the DataError of an image that does not
