@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from .activation import ACT_IDS, act_fwd, scalar_arg
-from .common import check_launch_dtype, is_interpreted, split_float
+from .common import check_launch_dtype, is_channels_last, is_interpreted, split_float
 from .geometry import ConvGeom
 
 __all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last"]
@@ -256,8 +256,7 @@ def _conv_act_kernel(
 
 def output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
     """The memory format F.conv2d picks: channels_last when x or the weight is channels_last."""
-    return any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-               for t in (x, w))
+    return is_channels_last(x) or is_channels_last(w)
 
 
 def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bool | None):

@@ -10,7 +10,9 @@ from .conv import conv2d_act, conv_transpose2d_act
 from .fused_op import REGISTERED, check_registered
 from .losses import LOSS_KINDS, d_loss, g_loss
 from .penalty import PENALTY_KINDS, gradient_penalty, lazy_adam_hparams, lazy_regularization
+from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = ["ACTIVATIONS", "ActSpec", "resolve_act", "bias_act", "batch_norm_act", "conv2d_act",
            "conv_transpose2d_act", "LOSS_KINDS", "d_loss", "g_loss", "PENALTY_KINDS", "gradient_penalty",
-           "lazy_regularization", "lazy_adam_hparams", "REGISTERED", "check_registered"]
+           "lazy_regularization", "lazy_adam_hparams", "REGISTERED", "check_registered", "setup_filter", "upfirdn2d",
+           "filter2d", "upsample2d", "downsample2d"]
