@@ -7,7 +7,7 @@ imported only after ``fastgan.backend`` has decided whether it interprets.
 """
 import importlib
 
-_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common", "upfirdn2d", "fma")
+_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common", "upfirdn2d", "fma", "grid_sample")
 
 
 def __getattr__(name):
