@@ -7,7 +7,8 @@ imported only after ``fastgan.backend`` has decided whether it interprets.
 """
 import importlib
 
-_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common", "upfirdn2d", "fma", "grid_sample")
+_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common", "upfirdn2d", "fma", "grid_sample",
+            "filtered_lrelu")
 
 
 def __getattr__(name):
