@@ -1,4 +1,5 @@
-"""Per-shape choice between fastgan's fused Triton convolution and the vendor path.
+"""Per-shape choice between fastgan's fused Triton convolution and the vendor path (and between
+other interchangeable implementations: ``choose(..., impls=...)``).
 
 Two implementations compute the same forward of a convolution layer:
 
@@ -83,7 +84,7 @@ def _read_disk(path: str) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and v in IMPLS}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _load_disk() -> None:
@@ -134,31 +135,34 @@ def make_key(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple) -> str:
 
 
 def choose(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple,
-           run: Callable[[str], object]) -> str:
-    """"triton" or "vendor" for this call; ``run(impl)`` performs the forward with one impl
-    (it is called for timing only on CUDA, once per new key, under ``torch.no_grad``)."""
-    forced = forced_impl()
+           run: Callable[[str], object], impls: tuple = IMPLS) -> str:
+    """The fastest of ``impls`` (default "triton" / "vendor") for this call; ``run(impl)`` performs
+    the forward with one impl (it is called for timing only on CUDA, once per new key, under
+    ``torch.no_grad``). ``FASTGAN_CONV`` forces the default pair only; off CUDA the first wins."""
+    forced = forced_impl() if impls == IMPLS else None
     if forced is not None:
         return forced
     if not x.is_cuda:
-        return "triton"
+        return impls[0]
     key = make_key(op, x, w, args)
     with _lock:
         _load_disk()
         choice = _memory.get(key)
-    if choice is not None:
+    if choice in impls:
         return choice
     if torch.cuda.is_current_stream_capturing():
-        return "triton"
+        return impls[0]
+    times = {}
     with torch.no_grad():
-        try:
-            t_triton = _time_ms(lambda: run("triton"))
-        except Exception as exc:  # a kernel that cannot compile for this shape: use the vendor path
-            warnings.warn(f"fastgan: Triton conv failed for {key} ({type(exc).__name__}: {exc}); "
-                          "using the vendor path for this shape", RuntimeWarning, stacklevel=3)
-            t_triton = float("inf")
-        t_vendor = _time_ms(lambda: run("vendor"))
-    choice = "triton" if t_triton <= t_vendor else "vendor"
+        for impl in impls:
+            try:
+                times[impl] = _time_ms(lambda: run(impl))
+            except Exception as exc:  # e.g. a kernel that cannot compile for this shape: use another impl
+                if impl == impls[-1] and not times:
+                    raise
+                warnings.warn(f"fastgan: {impl} failed for {key} ({type(exc).__name__}: {exc}); "
+                              "using another implementation for this shape", RuntimeWarning, stacklevel=3)
+    choice = min(times, key=times.get)
     with _lock:
         _memory[key] = choice
         _save_disk(key, choice)
