@@ -1,0 +1,174 @@
+"""StyleGAN op cases (family ``ops``) at StyleGAN2 256x256 shapes: upfirdn2d, filtered_lrelu,
+conv2d_resample, modulated_conv2d, grid_sample and fma, forward ("fwd") and forward + every
+gradient ("fwdbwd").
+
+Shapes: batch 8 (one GPU's share of StyleGAN2-ADA's 256x256 batch), config-f channels (128 at
+256x256, 256 at 128x128), StyleGAN2's [1, 3, 3, 1] resampling filter; filtered_lrelu with
+StyleGAN3's 12-tap separable filters, up 2 / down 2; grid_sample as ADA's geometric
+augmentation of the RGB batch (input gradient only, as in R1).
+
+Providers: ``eager`` is the op's eager reference (plain torch: what NVlabs' code runs when its
+plugins do not build), ``compile`` torch.compile of that reference, ``fastgan`` the fused op.
+bytes: each tensor operand read or written once per pass (fwdbwd adds reading dy and the
+saved input and writing the input gradient; parameters are negligible); flops: 2 * MACs (the
+live filter taps, the convolution; fwdbwd counts 3x the convolution). --quick on CUDA keeps
+four bf16 fwdbwd cases (each case is one more torch.compile); --full runs every case in
+float32 and bf16. The CPU runs all of them shrunk (batch 1, channels / 32, sides / 16).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .harness import Case, compile_fn
+
+N_INPUT_SETS = 2
+BATCH = 8
+QUICK_CUDA = {"upfirdn2d.down2.256", "filtered_lrelu.up2down2.128", "modulated_conv2d.3x3.256",
+              "grid_sample.ada.256"}
+# name -> (op, channels in, side in, channels out, side out)
+SPECS = {
+    "upfirdn2d.up2.128": ("upsample2d", 128, 128, 128, 256),
+    "upfirdn2d.down2.256": ("downsample2d", 128, 256, 128, 128),
+    "filtered_lrelu.up2down2.128": ("filtered_lrelu", 128, 128, 128, 128),
+    "conv2d_resample.up2.128": ("conv_up", 256, 128, 128, 256),
+    "conv2d_resample.down2.256": ("conv_down", 128, 256, 256, 128),
+    "modulated_conv2d.3x3.256": ("modconv", 128, 256, 128, 256),
+    "grid_sample.ada.256": ("grid_sample", 3, 256, 3, 256),
+    "fma.modconv.256": ("fma", 128, 256, 128, 256),
+}
+FLRELU_PAD = [11, 10, 11, 10]  # 12-tap filters, up 2 / down 2: the output keeps the input's size
+
+
+def _sizes(name: str, tiny: bool):
+    """(op, batch, channels in, side in, channels out, side out); ``tiny``: the CPU's shrunk sizes."""
+    op, cin, h, cout, ho = SPECS[name]
+    if not tiny:
+        return op, BATCH, cin, h, cout, ho
+    return op, 1, max(1, cin // 32), h // 16, max(1, cout // 32), ho // 16
+
+
+def _inputs(op, n, cin, h, cout, device, dtype):
+    """(positional inputs of the op, the indices that get gradients)."""
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device) * scale).to(dtype)
+    if op in ("upsample2d", "downsample2d"):
+        return [t(n, cin, h, h)], [0]
+    if op == "filtered_lrelu":
+        return [t(n, cin, h, h), t(cin, scale=0.1)], [0, 1]
+    if op in ("conv_up", "conv_down"):
+        return [t(n, cin, h, h), t(cout, cin, 3, 3, scale=1 / math.sqrt(9 * cin))], [0, 1]
+    if op == "modconv":
+        return [t(n, cin, h, h), t(cout, cin, 3, 3), t(n, cin), t(n, 1, h, h), t(cout, scale=0.1)], [0, 1, 2, 4]
+    if op == "grid_sample":
+        theta = torch.tensor([[0.9, -0.3, 0.05], [0.3, 0.9, -0.1]], device=device).expand(n, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, [n, cin, h, h], align_corners=False).to(dtype)
+        return [t(n, cin, h, h), grid], [0]
+    return [t(n, cin, h, h), t(n, cin, 1, 1), t(n, 1, h, h)], [0, 1, 2]  # fma
+
+
+def _functions(op, device):
+    """(eager reference, fastgan) for the op."""
+    from fastgan.functional import (conv2d_resample, downsample2d, filtered_lrelu, fma, grid_sample,
+                                    modulated_conv2d, resolve_act, setup_filter, upsample2d)
+    from fastgan.functional.bias_act import _bias_act_ref
+    from fastgan.functional.conv2d_resample import _conv2d_resample_ref, _padding
+    from fastgan.functional.filtered_lrelu import _filtered_lrelu_ref
+    from fastgan.functional.grid_sample import _grid_sample_ref
+    from fastgan.functional.modulated_conv import _modulated_conv2d_ref
+    from fastgan.functional.upfirdn2d import _upfirdn2d_ref
+    from fastgan.kernels.geometry import FirGeom
+
+    f = setup_filter([1, 3, 3, 1], device=device)
+    f12 = setup_filter(torch.hamming_window(12, periodic=False), device=device)
+    lrelu = resolve_act("lrelu")
+    if op == "upsample2d":
+        geom = FirGeom((2, 2), (1, 1), (2, 1, 2, 1))
+        return (lambda x: _upfirdn2d_ref(x, f, geom, False, 4.0)), (lambda x: upsample2d(x, f))
+    if op == "downsample2d":
+        geom = FirGeom((1, 1), (2, 2), (1, 1, 1, 1))
+        return (lambda x: _upfirdn2d_ref(x, f, geom, False, 1.0)), (lambda x: downsample2d(x, f))
+    if op == "filtered_lrelu":
+        pad = FirGeom.of(2, 1, FLRELU_PAD).padding
+        return ((lambda x, b: _filtered_lrelu_ref(x, f12, f12, b, 2, 2, pad, math.sqrt(2), 0.2, 256.0, False)),
+                (lambda x, b: filtered_lrelu(x, f12, f12, b, 2, 2, FLRELU_PAD, math.sqrt(2), 0.2, 256.0)))
+    if op in ("conv_up", "conv_down"):
+        up, down = (2, 1) if op == "conv_up" else (1, 2)
+        pad = _padding(1, (4, 4), up, down)
+        return ((lambda x, w: _conv2d_resample_ref(x, w, f, up, down, pad, 1, True, False)),
+                (lambda x, w: conv2d_resample(x, w, f, up, down, 1)))
+    if op == "modconv":
+        resample = (None, 1, 1, 1, 1, True, False)
+
+        def eager(x, w, s, noise, b):
+            return _bias_act_ref(_modulated_conv2d_ref(x, w, s, noise, resample, True), b, 1, lrelu)
+        return eager, (lambda x, w, s, noise, b: modulated_conv2d(x, w, s, noise, padding=1, bias=b, act="lrelu"))
+    if op == "grid_sample":
+        return _grid_sample_ref, grid_sample
+    return (lambda a, b, c: torch.addcmul(c, a, b)), fma
+
+
+def _make(name, backward: bool, tiny: bool):
+    op, n, cin, h, cout, _ = _sizes(name, tiny)
+
+    def make(device, dtype):
+        import fastgan
+
+        eager, fused = _functions(op, device)
+        sets = []
+        for _ in range(N_INPUT_SETS):
+            inputs, wanted = _inputs(op, n, cin, h, cout, device, dtype)
+            for i in (wanted if backward else ()):
+                inputs[i].requires_grad_(True)
+            sets.append((inputs, wanted))
+
+        def bind(fn):
+            state = [0]
+
+            def call():
+                inputs, wanted = sets[state[0] % N_INPUT_SETS]
+                state[0] += 1
+                if not backward:
+                    with torch.no_grad():
+                        return fn(*inputs)
+                y = fn(*inputs)
+                return torch.autograd.grad(y, [inputs[i] for i in wanted], torch.ones_like(y))
+            return call
+
+        fns = {"eager": bind(eager), "compile": bind(compile_fn(eager))}
+        backend = fastgan.backend_for(sets[0][0][0])
+        fns["fastgan"] = bind(fused) if backend == "triton" else (
+            f"fastgan's Triton path needs CUDA (backend here: {backend})")
+        return fns
+
+    return make
+
+
+def _cost(name, backward: bool, tiny: bool, esize: int) -> tuple[int, int]:
+    op, n, cin, h, cout, ho = _sizes(name, tiny)
+    x_el, y_el = n * cin * h * h, n * cout * ho * ho
+    if op in ("conv_up", "conv_down", "modconv"):
+        macs = n * cout * cin * 9 * (h * h if op == "conv_up" else ho * ho)
+        taps = 16 * (x_el if op == "conv_down" else y_el // 4 if op == "conv_up" else 0)
+        flops = 2 * macs * (3 if backward else 1) + 2 * taps * (2 if backward else 1)
+    else:
+        live = {"upsample2d": 4, "downsample2d": 16, "filtered_lrelu": 2 * (12 * 4 + 12), "grid_sample": 4,
+                "fma": 1}[op]
+        flops = 2 * live * y_el * (2 if backward else 1)
+    passes = (x_el + y_el) + ((y_el + 2 * x_el) if backward else 0)
+    return esize * passes, flops
+
+
+def stylegan_cases(quick: bool = True, device_type: str = "cuda") -> list[Case]:
+    cases, tiny = [], device_type != "cuda"
+    for name in SPECS:
+        _, n, cin, h, _, _ = _sizes(name, tiny)
+        for dtype in ("float32",) if tiny else ("float32", "bfloat16"):
+            for backward in (False, True):
+                if not tiny and quick and not (name in QUICK_CUDA and backward and dtype == "bfloat16"):
+                    continue
+                nbytes, flops = _cost(name, backward, tiny, 4 if dtype == "float32" else 2)
+                cases.append(Case(case=f"{name}.{'fwdbwd' if backward else 'fwd'}", family="ops", shape=[n, cin, h, h],
+                                  dtype=dtype, bytes=nbytes, flops=flops, make=_make(name, backward, tiny)))
+    return cases
