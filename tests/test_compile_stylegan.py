@@ -1,7 +1,12 @@
 """Compile the StyleGAN op kernels (upfirdn2d, filtered_lrelu, grid_sample, fma, the modulated-conv
 coefficients) for sm_90 without a GPU, in a fresh process without the interpreter: what only
-compilation checks (dot shapes and dtypes, loop-carried types, helpers returning tuples)."""
-from .utils import compile_for_sm90
+compilation checks (dot shapes and dtypes, loop-carried types, helpers returning tuples); and
+torch.compile of the ops (one graph of registered ops)."""
+import torch
+
+import fastgan.functional as FG
+
+from .utils import assert_close, compile_for_sm90
 
 _COMPILE = r"""
 import importlib
@@ -68,3 +73,41 @@ print("compiled", n)
 
 def test_stylegan_kernels_compile_for_sm90(tmp_path):
     assert "compiled 14" in compile_for_sm90(_COMPILE, tmp_path)
+
+
+def test_torch_compile_sees_one_op_per_fused_call(device):
+    """torch.compile(fullgraph=True) of a chain of the StyleGAN ops: one graph of torch.ops.fastgan
+    calls, the eager values and gradients."""
+    import torch
+
+    import fastgan.functional as FG
+
+    from .utils import assert_close
+
+    graphs = []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    f, f8 = FG.setup_filter([1, 3, 3, 1], device=device), FG.setup_filter(list(range(1, 9)), device=device)
+
+    def fn(x, w, s, b, grid):
+        y = FG.modulated_conv2d(x, w, s, padding=1, bias=b, act="lrelu")
+        y = FG.filtered_lrelu(FG.upsample2d(y, f), f8, f8, b, up=2, down=2, padding=[7, 6, 7, 6])
+        y = FG.grid_sample(y, grid)
+        return FG.fma(y, y, y).sum()
+
+    args = [torch.randn(2, 3, 6, 6, device=device), torch.randn(3, 3, 3, 3, device=device),
+            torch.randn(2, 3, device=device), torch.randn(3, device=device)]
+    args = [a.requires_grad_() for a in args] + [torch.rand(2, 5, 5, 2, device=device) * 2 - 1]
+    ref = fn(*args)  # (eager first: the backend is decided outside the trace)
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    assert_close(out, ref, torch.float32, "compiled")
+    for a, r in zip(torch.autograd.grad(out, args[:4]), torch.autograd.grad(ref, args[:4])):
+        assert_close(a, r, torch.float32, "compiled gradient")
+    assert len(graphs) == 1
+    for op in ("modconv_coeffs", "conv_act", "upfirdn2d", "filtered_lrelu", "grid_sample", "fma"):
+        assert f"torch.ops.fastgan.{op}" in graphs[0].code, op
