@@ -21,11 +21,13 @@ One program computes one output tile of one (n, c) plane with three small matrix
 per side: the band matrices are built in registers from the taps (``_band``), the input tile
 is loaded once (bias added inside the image, zero outside), Z and the activation exist only
 in registers, and the output tile is stored; tiles overlap by the filters' halo. The tile
-geometry of each axis is one row of an int32 plan tensor (``PLAN_FIELDS``), made on the host.
+geometry of each axis is one row of an int32 plan tensor (``PLAN_FIELDS``), made on the host
+once per geometry and kept on the device.
 Products run through ``conv._accumulate`` (float32 with TF32 rounding as the conv kernel
 decides, exact float32 in the interpreter, multiply + sum in float64). Tensors are read and
 written through their strides; channels_last inputs work but each plane is then strided.
 """
+import functools
 import math
 
 import torch
@@ -197,6 +199,13 @@ def _tile(mode: int, n_in, up, p0, p1, fu, fd, down, dtype, tile=None):
         bt *= 2
 
 
+@functools.lru_cache(maxsize=256)
+def _plan_tensor(rows: tuple, device: torch.device) -> torch.Tensor:
+    """The plan on the device, made once per geometry (so that later launches copy nothing from
+    the host and can be captured in a CUDA graph)."""
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
 def _launch(mode, x, s, b, gu, gd, up, down, padding, gain, slope, clamp, out_hw, tile):
     check_launch_dtype(x, s, b)
     n, c, h, w = x.shape
@@ -215,7 +224,7 @@ def _launch(mode, x, s, b, gu, gd, up, down, padding, gain, slope, clamp, out_hw
         rows.append(list(row) + [0] * (_ROW - len(row)))
         tiles.append(t)
         blocks.append(blk)
-    plan = torch.tensor(rows, dtype=torch.int32, device=x.device)
+    plan = _plan_tensor(tuple(map(tuple, rows)), x.device)
     (bo_h, bt_h, bx_h, bs_h), (bo_w, bt_w, bx_w, bs_w) = blocks
     sig = s if s is not None else x
     hi, lo = zip(*(split_float(v) for v in (gain, slope, clamp if clamp is not None else 0.0)))

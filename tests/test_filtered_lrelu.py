@@ -124,10 +124,10 @@ def test_fused_ops_opcheck_and_eager(device):
     y = torch.ops.fastgan.filtered_lrelu(x, *args)
     dy = torch.randn_like(y)
     cheap = ("test_schema", "test_autograd_registration", "test_faketensor")  # the AOT test once, on the first
-    for op, a, tests in (
-            (torch.ops.fastgan.filtered_lrelu, (x, *args), None),
-            (torch.ops.fastgan.filtered_lrelu_backward, (dy.requires_grad_(), x.detach(), *args), cheap),
-            (torch.ops.fastgan.filtered_lrelu_linear, (torch.randn_like(x).requires_grad_(), x.detach(), *args), cheap)):
+    v = torch.randn_like(x).requires_grad_()
+    for op, a, tests in ((torch.ops.fastgan.filtered_lrelu, (x, *args), None),
+                         (torch.ops.fastgan.filtered_lrelu_backward, (dy.requires_grad_(), x.detach(), *args), cheap),
+                         (torch.ops.fastgan.filtered_lrelu_linear, (v, x.detach(), *args), cheap)):
         result = torch.library.opcheck(op.default, a, **({} if tests is None else {"test_utils": tests}))
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
     fu = torch.randn(4, device=device)

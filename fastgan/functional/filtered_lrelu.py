@@ -147,7 +147,7 @@ def _taps1d(f: Optional[Tensor], flip_filter: bool, gain: float, x: Tensor) -> T
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if f is None:
         return torch.full((1,), math.sqrt(gain), dtype=dtype, device=x.device)
-    return _correlation_taps(f, flip_filter, gain, dtype).to(x.device)
+    return _correlation_taps(f, flip_filter, gain, dtype, x.device)
 
 
 def _check(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):

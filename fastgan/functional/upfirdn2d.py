@@ -39,15 +39,15 @@ from .fused_op import FusedOp
 __all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
 
 
-def _correlation_taps(f: Optional[Tensor], flip_filter: bool, gain: float, dtype: torch.dtype) -> Tensor:
+def _correlation_taps(f: Optional[Tensor], flip_filter: bool, gain: float, dtype: torch.dtype,
+                      device: torch.device) -> Tensor:
     """The taps the filter is correlated with: ``f`` flipped unless ``flip_filter`` (convolution),
-    times gain ** (f.ndim / 2) (so that a 1-d filter, applied along both axes, scales by gain)."""
+    times gain ** (f.ndim / 2) (so that a 1-d filter, applied along both axes, scales by gain).
+    Made on ``device`` (f is there already): no host-to-device copy."""
     if f is None:
-        return torch.full((1, 1), float(gain), dtype=dtype)
+        return torch.full((1, 1), float(gain), dtype=dtype, device=device)
     t = f.to(dtype) * (gain ** (f.dim() / 2))
     return t if flip_filter else t.flip(list(range(t.dim())))
-
-
 
 
 def filter_size(f: Optional[Tensor]) -> tuple[int, int]:
@@ -67,7 +67,7 @@ def _upfirdn2d_ref(x: Tensor, f: Optional[Tensor], geom: FirGeom, flip_filter: b
         u[:, :, ::uh, ::uw] = x
     top, bottom, left, right = geom.padding
     u = F.pad(u, [left, right, top, bottom])
-    taps = _correlation_taps(f, flip_filter, gain, x.dtype).to(x.device)
+    taps = _correlation_taps(f, flip_filter, gain, x.dtype, x.device)
     planes = u.reshape(n * c, 1, *u.shape[2:])
     if taps.dim() == 1:
         planes = F.conv2d(F.conv2d(planes, taps.view(1, 1, -1, 1)), taps.view(1, 1, 1, -1))
@@ -104,15 +104,14 @@ def _backward(ctx, dy):
 
 UPFIRDN2D = FusedOp("upfirdn2d", _forward, _fake, _setup, _backward)
 
-
 DIRECT_TAPS = 16
 
 
 def _fused(x: Tensor, f: Optional[Tensor], geom: FirGeom, flip_filter: bool, gain: float) -> Tensor:
     """upfirdn2d with the fused op: taps in the compute precision, a 1-d filter in one 2-d pass
     or two 1-d passes (see the module doc)."""
-    t = _correlation_taps(f, flip_filter, gain, torch.float64 if x.dtype == torch.float64 else torch.float32)
-    t = t.to(x.device)
+    t = _correlation_taps(f, flip_filter, gain, torch.float64 if x.dtype == torch.float64 else torch.float32,
+                          x.device)
     if t.dim() == 2:
         return UPFIRDN2D(x, t, *geom.op_args())
     (uh, uw), (dh, dw), (top, bottom, left, right) = geom.up, geom.down, geom.padding
