@@ -18,6 +18,7 @@ Resampling FIR filters (upfirdn2d, StyleGAN's convention), per axis with an f-ta
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 __all__ = ["ConvGeom", "FirGeom", "pair", "conv_output_size", "fir_centering"]
@@ -168,16 +169,16 @@ class FirGeom:
 
 
 def padding4(value, name: str = "padding") -> tuple[int, int, int, int]:
-    """StyleGAN's padding (an int, ``[x, y]`` or ``[x0, x1, y0, y1]``, negative crops) as
-    (top, bottom, left, right)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a list of 2 or 4 ints, got {value!r}")
-    if isinstance(value, int):
+    """StyleGAN's padding (an int, ``[x, y]`` or ``[x0, x1, y0, y1]``, negative crops; numpy ints
+    too) as (top, bottom, left, right)."""
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if is_int(value):
         value = [value]
-    if not isinstance(value, (tuple, list)) or len(value) not in (1, 2, 4) or \
-            not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, (tuple, list)) or len(value) not in (1, 2, 4) or not all(is_int(v) for v in value):
         raise TypeError(f"{name} must be an int or a list of 2 or 4 ints ([x, y] or [x0, x1, y0, y1]), "
                         f"got {value!r}")
+    value = [int(v) for v in value]
     if len(value) == 1:
         value = list(value) * 2
     if len(value) == 2:

@@ -115,3 +115,18 @@ def test_bad_input(device):
     ]:
         with pytest.raises(exc, match=match):
             call()
+
+
+def test_mode_dispatch_off_cuda_and_forcing(device, monkeypatch, tmp_path):
+    """The conv dispatcher picks between the two forms like between conv implementations: the first
+    off CUDA, FASTGAN_CONV (a conv-only switch) does not apply, cached choices of any name load."""
+    from fastgan.backend import conv_dispatch
+    from fastgan.functional.modulated_conv import MODES
+
+    x, w = torch.randn(1, 2, 4, 4, device=device), torch.randn(3, 2, 3, 3, device=device)
+    monkeypatch.setenv("FASTGAN_CONV", "vendor")
+    if device == "cpu":
+        assert conv_dispatch.choose("modconv", x, w, (), lambda m: None, impls=MODES) == "scaled"
+    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path))
+    conv_dispatch._save_disk("modconv|k", "grouped")
+    assert conv_dispatch._read_disk(conv_dispatch.cache_path()) == {"modconv|k": "grouped"}
