@@ -27,8 +27,10 @@ def all_cases(quick: bool, device_type: str) -> list:
     from .cases_conv import conv_cases
     from .cases_losses import loss_cases
     from .cases_steps import step_cases
+    from .cases_stylegan import stylegan_cases, stylegan_step_cases
 
-    cases = [c for factory in (bias_act_cases, conv_cases, loss_cases, step_cases)
+    cases = [c for factory in (bias_act_cases, conv_cases, loss_cases, stylegan_cases, step_cases,
+                               stylegan_step_cases)
              for c in factory(quick, device_type)]
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(cases, key=lambda c: order.get(c.family, len(order)))  # stable within a family
