@@ -78,12 +78,6 @@ def test_stylegan_kernels_compile_for_sm90(tmp_path):
 def test_torch_compile_sees_one_op_per_fused_call(device):
     """torch.compile(fullgraph=True) of a chain of the StyleGAN ops: one graph of torch.ops.fastgan
     calls, the eager values and gradients."""
-    import torch
-
-    import fastgan.functional as FG
-
-    from .utils import assert_close
-
     graphs = []
     aot_eager = torch._dynamo.lookup_backend("aot_eager")
 

@@ -2,7 +2,6 @@
 divergence, checkpoint integrity, the output folder's lock, leftovers of killed writes, and
 one clear line (``fastgan <cmd>: error: ...``, no traceback) wherever the README promises one.
 The CLI runs in this process (``fastgan.cli.main``) except where a real signal is the point."""
-import errno
 import json
 import os
 import resource
