@@ -5,8 +5,8 @@ pyproject.toml; this file only maps the folders, which works for both
 from setuptools import setup
 
 setup(
-    packages=["fastgan", "fastgan.backend", "fastgan.functional", "fastgan.nn", "fastgan.models", "fastgan.train",
-              "fastgan.kernels", "fastgan.benchmarks"],
+    packages=["fastgan", "fastgan.backend", "fastgan.functional", "fastgan.nn", "fastgan.compat", "fastgan.models",
+              "fastgan.train", "fastgan.kernels", "fastgan.benchmarks"],
     package_dir={
         "fastgan": "fastgan",
         "fastgan.kernels": "kernels",

@@ -205,7 +205,7 @@ def _func_d_step(tr):
         with torch.no_grad(), _autocast(tr):
             fake = tr.G(torch.randn(n, cfg.z_dim, device=tr.device, generator=tr.noise))
         fake = fake.to(real.dtype)
-        eps = torch.rand(n, device=real.device, dtype=torch.float32) if kind == "wgan-gp" else None
+        eps = torch.rand(n, device=real.device, dtype=torch.float32, generator=tr.gp_eps) if kind == "wgan-gp" else None
         params = {name: p.detach() for name, p in zip(names, plist)}
         with _autocast(tr):
             grads, stats = grads_fn(params, real, fake, eps)

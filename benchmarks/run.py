@@ -27,8 +27,10 @@ def all_cases(quick: bool, device_type: str) -> list:
     from .cases_conv import conv_cases
     from .cases_losses import loss_cases
     from .cases_steps import step_cases
+    from .cases_stylegan import stylegan_cases, stylegan_step_cases
 
-    cases = [c for factory in (bias_act_cases, conv_cases, loss_cases, step_cases)
+    cases = [c for factory in (bias_act_cases, conv_cases, loss_cases, stylegan_cases, step_cases,
+                               stylegan_step_cases)
              for c in factory(quick, device_type)]
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(cases, key=lambda c: order.get(c.family, len(order)))  # stable within a family
@@ -158,6 +160,15 @@ def main_with_args(args) -> int:
             print(f"error: --plot needs matplotlib ({why}); install it with: pip install 'fastgan[plot]' "
                   "(or pip install matplotlib), or drop --plot", file=sys.stderr)
             return 2
+    from fastgan.atomic import check_writable, write_error
+
+    for flag in ("json", "markdown", "plot"):  # before any timing, not after it
+        if getattr(args, flag):
+            try:
+                check_writable(getattr(args, flag))
+            except OSError as exc:
+                print(f"error: --{flag}: {write_error(exc)}", file=sys.stderr)
+                return 2
     quick = not args.full
     cases = _select(all_cases(quick, device.type), args.cases, args.dtypes, args.families, args.exclude)
     if args.list:
@@ -183,8 +194,9 @@ def main_with_args(args) -> int:
         harness.write_json(doc, args.json)
         print(f"wrote {args.json}")
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        from fastgan.atomic import atomic_write
+
+        atomic_write(args.markdown, lambda f: f.write(table + "\n"))
     print(table)
     print()
     print(harness.to_summary(doc))
@@ -193,7 +205,7 @@ def main_with_args(args) -> int:
 
         plot_result(doc, args.plot)
         print(f"wrote {args.plot}")
-    return 0
+    return 130 if doc.get("interrupted") else 0  # Ctrl-C: the document is complete, the run is not
 
 
 def main(argv=None) -> int:

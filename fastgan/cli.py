@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,65 +90,100 @@ class CliError(Exception):
 _SHARED_FLAGS = {"lr": ("lr_g", "lr_d"), "width": ("g_width", "d_width")}
 
 
-def _train_config(args):
-    """TrainConfig from the flags given on the command line; every other field keeps TrainConfig's
-    default (argparse holds no defaults of its own: ``default=argparse.SUPPRESS``)."""
+def _given_fields(args) -> dict:
+    """The TrainConfig fields of the flags given on the command line (argparse holds no defaults
+    of its own, ``default=argparse.SUPPRESS``, so every other field keeps its default: TrainConfig's
+    for a new run, the checkpoint's for a resumed one)."""
     from fastgan.train import TrainConfig
 
     fields = set(TrainConfig.defaults())
-    given = {}
-    for name, value in vars(args).items():
-        for field in _SHARED_FLAGS.get(name, (name,)):
-            if field in fields:
-                given[field] = value
-    return TrainConfig(**given)
+    return {field: value for name, value in vars(args).items() for field in _SHARED_FLAGS.get(name, (name,))
+            if field in fields}
+
+
+def _train_config(args):
+    """(config, checkpoint to resume or None). Resuming: the checkpoint's config with the flags
+    given, which may change only what a resumed run can change (``TrainConfig.resumed``)."""
+    from fastgan.train import TrainConfig
+    from fastgan.train.checkpoint import read_config
+
+    given = _given_fields(args)
+    if args.resume is None:
+        return TrainConfig(**given), None
+    resume = args.resume
+    if resume == "auto":
+        resume = os.path.join(given.get("out", TrainConfig.defaults()["out"]), "checkpoint.pt")
+    return TrainConfig.from_dict(read_config(resume)).resumed(given)[0], resume
+
+
+def _run_errors():
+    """The exceptions that are a clear one-line reason to stop (no traceback)."""
+    from fastgan.atomic import FolderLockedError
+    from fastgan.data import DataError
+    from fastgan.train import CheckpointError
+
+    return ValueError, DataError, CheckpointError, FolderLockedError
 
 
 def cmd_train(args) -> int:
-    from fastgan.data import DataError
-    from fastgan.train import CheckpointError, Trainer
+    from fastgan.atomic import write_error
+    from fastgan.train import Trainer, distributed
 
     try:
-        cfg = _train_config(args)
-        resume = args.resume
-        if resume == "auto":
-            resume = os.path.join(cfg.out, "checkpoint.pt")
+        cfg, resume = _train_config(args)
         trainer = Trainer(cfg, resume=resume)
-    except (ValueError, DataError, CheckpointError) as exc:
+        c = trainer.cfg
+        if trainer.dist.is_main:
+            note = getattr(trainer.dataset, "note", None)
+            print(f"fastgan train: {c.resolution}x{c.resolution} DCGAN (G width {c.g_width}, D width {c.d_width}, "
+                  f"{'fastgan modules' if c.fused else 'plain torch modules'}), loss {c.loss}, penalty {c.penalty}"
+                  f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
+                  f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
+                  f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}{f'; {note}' if note else ''}), "
+                  f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
+        summary = trainer.train()
+    except _run_errors() as exc:
         raise CliError(str(exc)) from None
-    c = trainer.cfg
-    if trainer.dist.is_main:
-        print(f"fastgan train: {c.resolution}x{c.resolution} DCGAN (G width {c.g_width}, D width {c.d_width}, "
-              f"{'fastgan modules' if c.fused else 'plain torch modules'}), loss {c.loss}, penalty {c.penalty}"
-              f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
-              f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
-              f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}), "
-              f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
-    summary = trainer.train()
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    status = summary["status"]
     if trainer.dist.is_main:
         ips = summary["images_per_s"]
-        print(f"{summary['status']} at step {summary['step']} ({summary['steps_run']} steps in "
+        print(f"{status} at step {summary['step']} ({summary['steps_run']} steps in "
               f"{summary['elapsed_s']:.1f} s, {ips:.0f} images/s); last losses: D {summary['d_loss']:.4f}, "
               f"G {summary['g_loss']:.4f}; checkpoint {summary['checkpoint']}; samples in {summary['samples']}"
               if summary["steps_run"] else f"nothing to do: already at step {summary['step']}")
         if summary.get("resources"):
             print(f"resources: {summary['resources']} ({summary['resources_file']})")
-        if summary["status"] == "interrupted":
-            print(f"interrupted: resume with --resume {summary['checkpoint']}")
-    from fastgan.train import distributed
-
+        if status == "interrupted":
+            print(f"interrupted by {summary['signal']}: resume with --resume {summary['checkpoint']}")
     distributed.shutdown(trainer.dist)
-    return 130 if summary["status"] == "interrupted" else 0
+    if status == "diverged":
+        kept = summary["checkpoint_step"]
+        print(f"fastgan train: error: the run diverged: {summary['diverged']}; "
+              + (f"the last finite checkpoint is {summary['checkpoint']} (step {kept})" if kept is not None
+                 else "no checkpoint was written") + "; try a lower --lr", file=sys.stderr)
+        return 1
+    return 128 + signal.Signals[summary["signal"]] if status == "interrupted" else 0
 
 
 def cmd_sample(args) -> int:
     import torch
 
+    from fastgan.atomic import check_writable, write_error
     from fastgan.models import Generator
     from fastgan.train import CheckpointError, TrainConfig, load_checkpoint, save_image_grid
+    from fastgan.train.trainer import image_format
 
     if args.n < 1:
         raise CliError("--n must be >= 1")
+    try:
+        check_writable(args.out)
+        image_format(args.out)
+    except ValueError as exc:
+        raise CliError(f"--out {exc}") from None
+    except OSError as exc:
+        raise CliError(f"--out: {write_error(exc)}") from None
     try:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
@@ -236,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
-    sample.add_argument("--out", default="samples.png", help="PNG file to write")
+    sample.add_argument("--out", default="samples.png", help="image file to write (.png, .jpg, .webp or .bmp)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
     sample.set_defaults(func=cmd_sample)
@@ -258,13 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
     except CliError as exc:
         print(f"fastgan {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        rc = 130
+    if argv is None and rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # the program stopped on a signal: a repeated Ctrl-C while it exits must not turn the exit
+        # status into a death by signal (with shutdown tracebacks)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return rc
 
 
 if __name__ == "__main__":

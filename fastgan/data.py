@@ -2,7 +2,9 @@
 and a deterministic, resumable batch sampler.
 
 All datasets yield float32 images in [-1, 1], shape [C, H, W]. Bad data fails early with a
-``DataError`` naming the file: an empty folder, an unreadable image, mixed image sizes.
+``DataError`` naming the file: an empty folder, an unreadable or oversized image header, mixed
+image sizes, a channel count other than 1, 3 or 4. An image folder is decoded lazily (in
+DataLoader workers); an image that fails to decode there is a ``DataError`` at that batch.
 """
 from __future__ import annotations
 
@@ -17,6 +19,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 class DataError(ValueError):
     """The training data cannot be used (message names the file and the problem)."""
+
+
+def data_error_line(exc: DataError) -> str:
+    """The one line of a DataError, also when a DataLoader worker raised it (torch re-raises it
+    in the main process with the worker's traceback as its text, the original line last)."""
+    last = (str(exc).strip().splitlines() or [""])[-1]
+    prefix = f"{DataError.__module__}.{DataError.__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
 
 
 # ----------------------------------------------------------------------------- embedded dataset
@@ -66,36 +76,47 @@ def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Ten
 
 # ----------------------------------------------------------------------------- files
 
-def _to_unit_range(arr: np.ndarray, source: str) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] / [-1, 1] images (NHWC or NCHW) -> float32 NCHW in [-1, 1]."""
+CHANNELS = (1, 3, 4)  # gray, RGB, RGBA (alpha is dropped)
+RANGE_TOLERANCE = 1e-3  # float data may overshoot its range by this much (rounding): clamped into it
+
+
+def _to_unit_range(arr: np.ndarray, source: str) -> tuple[torch.Tensor, str]:
+    """uint8 [0, 255] or float [0, 1] / [-1, 1] images (NHWC or NCHW) -> (float32 NCHW in [-1, 1],
+    which range was assumed). Float data is [0, 1] if it lies in [0, 1] up to RANGE_TOLERANCE,
+    else [-1, 1] (up to the same tolerance), else an error; overshoots are clamped."""
     if arr.ndim == 3:  # grayscale N, H, W
         arr = arr[:, None]
     if arr.ndim != 4:
         raise DataError(f"{source}: expected images of shape [N, H, W, C] or [N, C, H, W], got {arr.shape}")
-    if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+    if arr.shape[1] not in CHANNELS:
+        if arr.shape[-1] not in CHANNELS:
+            raise DataError(f"{source}: images need 1, 3 or 4 channels (NCHW or NHWC), got shape {arr.shape}")
         arr = arr.transpose(0, 3, 1, 2)
     if arr.shape[1] == 4:
         arr = arr[:, :3]
     if arr.shape[0] == 0:
         raise DataError(f"{source}: contains no images")
     if arr.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(arr)).float() / 127.5 - 1
-    elif np.issubdtype(arr.dtype, np.floating):
-        x = torch.from_numpy(np.ascontiguousarray(arr)).float()
-        if not torch.isfinite(x).all():
-            raise DataError(f"{source}: contains NaN or Inf")
-        lo, hi = x.min().item(), x.max().item()
-        if lo >= 0 and hi <= 1:
-            x = x * 2 - 1
-        elif lo < -1 - 1e-3 or hi > 1 + 1e-3:
-            raise DataError(f"{source}: float images must lie in [0, 1] or [-1, 1], got [{lo:.3g}, {hi:.3g}]")
-    else:
+        return torch.from_numpy(np.ascontiguousarray(arr)).float() / 127.5 - 1, "uint8 values read as [0, 255]"
+    if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{source}: unsupported image dtype {arr.dtype} (use uint8 or float)")
-    return x.contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float()
+    if not torch.isfinite(x).all():
+        raise DataError(f"{source}: contains NaN or Inf")
+    lo, hi, tol = x.min().item(), x.max().item(), RANGE_TOLERANCE
+    if lo >= -tol and hi <= 1 + tol:
+        return (x.clamp(0, 1) * 2 - 1).contiguous(), f"float values in [{lo:.3g}, {hi:.3g}] read as [0, 1]"
+    if lo >= -1 - tol and hi <= 1 + tol:
+        return x.clamp(-1, 1).contiguous(), f"float values in [{lo:.3g}, {hi:.3g}] read as [-1, 1]"
+    raise DataError(f"{source}: float images must lie in [0, 1] or [-1, 1], got [{lo:.3g}, {hi:.3g}]")
 
 
 def load_npz(path: str) -> torch.Tensor:
     """Images from an .npz file: the array named 'images' or 'x', else the only array."""
+    return _load_npz(path)[0]
+
+
+def _load_npz(path: str) -> tuple[torch.Tensor, str]:
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
@@ -110,11 +131,28 @@ def load_npz(path: str) -> torch.Tensor:
     return _to_unit_range(arr, path)
 
 
+def _decode(path: str) -> torch.Tensor:
+    """One image file -> float32 [3, H, W] in [-1, 1], scaled by its mode's range: 16-bit
+    grayscale (Pillow's "I;16" modes, or "I") by 65535, everything else as 8-bit RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I"):
+                gray = torch.from_numpy(np.asarray(im, dtype=np.float32) / 65535)
+                return (gray * 2 - 1).expand(3, -1, -1).contiguous()
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Every PNG/JPEG/BMP/WebP under ``root`` (recursively), decoded lazily (DataLoader workers).
 
-    Construction reads every header: an empty folder, an unreadable file or mixed sizes is a
-    ``DataError`` here, not a crash in a worker later.
+    Construction reads every header: an empty folder, an unreadable or oversized (Pillow's
+    decompression-bomb limit) file or mixed sizes is a ``DataError`` here. A file whose header
+    reads but whose data does not (truncated, corrupt) is a ``DataError`` when it is loaded.
     """
 
     def __init__(self, root: str):
@@ -131,7 +169,7 @@ class ImageFolder(torch.utils.data.Dataset):
             try:
                 with Image.open(f) as im:
                     sizes.setdefault(im.size, f)
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                 raise DataError(f"{f}: unreadable image ({type(exc).__name__}: {exc})") from None
         if len(sizes) > 1:
             (s1, f1), (s2, f2) = list(sizes.items())[:2]
@@ -146,18 +184,14 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        try:
-            with Image.open(self.files[i]) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as exc:
-            raise DataError(f"{self.files[i]}: unreadable image ({exc})") from None
-        return (torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1,)  # like TensorDataset
+        return (_decode(self.files[i]),)  # like TensorDataset
 
 
-def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed: int = 0):
-    """A Dataset of [3, R, R] images: the embedded shapes (path None), an .npz, or a folder."""
+def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed: int = 0,
+                 resolutions: tuple[int, ...] | None = None):
+    """A Dataset of [3, R, R] images: the embedded shapes (path None), an .npz, or a folder.
+    ``resolutions``: the sizes the models support (named when the data fits none of them).
+    An .npz dataset's ``note`` says which value range was assumed."""
     if path is None:
         return torch.utils.data.TensorDataset(make_shapes(n_embedded, resolution, seed))
     if not os.path.exists(path):
@@ -166,18 +200,17 @@ def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed
         ds = ImageFolder(path)
         res = ds.resolution
     elif path.endswith(".npz"):
-        x = load_npz(path)
-        ds, res = torch.utils.data.TensorDataset(x), x.shape[-1]
+        x, note = _load_npz(path)
         if x.shape[-1] != x.shape[-2]:
             raise DataError(f"{path}: images are {x.shape[-2]}x{x.shape[-1]}; fastgan's models need square images")
-        if x.shape[1] != 3:
-            x = x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
-            ds = torch.utils.data.TensorDataset(x)
+        ds, res = torch.utils.data.TensorDataset(x.expand(-1, 3, -1, -1).contiguous()), x.shape[-1]
+        ds.note = note
     else:
         raise DataError(f"{path}: expected a folder of images or an .npz file")
     if res != resolution:
-        raise DataError(f"{path}: images are {res}x{res} but the model is built for {resolution}x{resolution}; "
-                        f"pass --resolution {res}")
+        fix = (f"pass --resolution {res}" if resolutions is None or res in resolutions else
+               f"fastgan's models take {' or '.join(map(str, resolutions))} px images: resize them")
+        raise DataError(f"{path}: images are {res}x{res} but the model is built for {resolution}x{resolution}; {fix}")
     return ds
 
 
@@ -222,10 +255,13 @@ class StepBatchSampler(torch.utils.data.Sampler):
 def make_loader(dataset, batch_size: int, seed: int, start_step: int, end_step: int, device: torch.device,
                 workers: int | None = None, rank: int = 0, world_size: int = 1):
     """A DataLoader of ``StepBatchSampler`` batches; pinned memory on CUDA. ``workers=None``:
-    in-memory tensors need no worker processes; image folders get up to 8 decoding workers."""
+    in-memory tensors need no worker processes; image folders get up to 8 decoding workers.
+    The loader has its own seeded generator (its workers' seeds): creating an iterator draws
+    nothing from the global torch generator, whose stream a resumed run must continue exactly."""
     if workers is None:
         workers = 0 if isinstance(dataset, torch.utils.data.TensorDataset) else min(8, os.cpu_count() or 1)
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, end_step, rank, world_size)
     pin = device.type == "cuda"
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
-                                       persistent_workers=workers > 0)
+                                       persistent_workers=workers > 0,
+                                       generator=torch.Generator().manual_seed(seed))

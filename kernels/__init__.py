@@ -7,7 +7,8 @@ imported only after ``fastgan.backend`` has decided whether it interprets.
 """
 import importlib
 
-_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common")
+_MODULES = ("activation", "bias_act", "batch_norm_act", "conv", "losses", "penalty", "common", "upfirdn2d",
+            "filtered_lrelu", "grid_sample", "fma", "modconv")
 
 
 def __getattr__(name):

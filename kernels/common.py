@@ -6,7 +6,8 @@ import struct
 
 import torch
 
-__all__ = ["is_interpreted", "is_dense", "split_float", "check_launch_dtype", "vector", "FLOAT_DTYPES"]
+__all__ = ["is_interpreted", "is_dense", "is_channels_last", "split_float", "check_launch_dtype", "vector",
+           "FLOAT_DTYPES"]
 
 # Elements per program on the GPU: 4096 keeps 8 warps busy with 16 B vector accesses.
 # Under the interpreter a program is one numpy evaluation, so tiles are made larger there.
@@ -77,3 +78,9 @@ def is_dense(x: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor dense in channels_last order and not also in NCHW order (the memory
+    format torch's convolutions give their outputs for such an input)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from .activation import ACT_IDS, act_clamp, act_fwd, scalar_arg
-from .common import check_launch_dtype, is_interpreted, split_float, vector
+from .common import check_launch_dtype, is_channels_last, is_interpreted, split_float, vector
 from .geometry import ConvGeom
 
 __all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last"]
@@ -294,8 +294,7 @@ def _split_k_epilogue_kernel(p_ptr, b_ptr, y_ptr, z_ptr, TOTAL, C, INNER, alpha,
 
 def output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
     """The memory format F.conv2d picks: channels_last when x or the weight is channels_last."""
-    return any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-               for t in (x, w))
+    return is_channels_last(x) or is_channels_last(w)
 
 
 SMS = 132  # an H200 (the lent GPU); a smaller GPU just runs more waves

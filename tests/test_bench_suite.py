@@ -117,8 +117,7 @@ def test_func_d_step_computes_the_trainers_gradients(loss, penalty):
     ref = cases_steps._trainer(cpu, False, 32, 8, 4, loss, penalty, fused=False)
     tr = cases_steps._compile_trainer(cpu, False, 32, 8, 4, loss, penalty)
     step = cases_steps._func_d_step(tr)
-    for trainer, fn in ((ref, ref.d_step), (tr, step)):
-        torch.manual_seed(7)  # the wgan-gp interpolation weights come from the global generator
+    for trainer, fn in ((ref, ref.d_step), (tr, step)):  # equal seeds: equal noise and interpolation weights
         with fastgan.use_backend("eager"):
             fn(real)
     for (name, p), q in zip(ref.D.named_parameters(), tr.D.parameters()):
@@ -156,9 +155,10 @@ def test_quick_cuda_case_list_covers_every_family_and_provider():
     layers = [n for c, n in zip(cases, names) if c.family == "layers"]
     assert any(n.startswith("conv2d_act.dcgan_d") for n in layers)
     assert any(n.startswith("conv_transpose2d_act.dcgan_g") for n in layers)
-    steps = [c for c in cases if c.family == "steps"]
+    steps = [c for c in cases if c.family == "steps" and c.case.startswith("step.dcgan")]
     kinds = {c.case.split(".", 2)[2].rsplit(".", 1)[0] for c in steps}
     assert kinds == {"ns.d", "wgan_gp.d", "r1.d", "ns.g", "wgan_gp.iter"}
+    assert {"step.sg2_256.r1.d.B8", "step.sg2_256.pl.g.B8"} <= set(names)  # the StyleGAN2 steps
     # the headline (a full iteration with the penalty, 64x64, batch 64) runs first: a run cut
     # short by its time budget keeps it
     assert run.all_cases(quick=True, device_type="cuda")[0].case == "step.dcgan64.wgan_gp.iter.B64"
@@ -176,7 +176,7 @@ def test_quick_cuda_case_list_covers_every_family_and_provider():
 
 
 def test_full_cuda_grid_has_both_resolutions_batches_and_dtypes():
-    steps = [c for c in run.all_cases(quick=False, device_type="cuda") if c.family == "steps"]
+    steps = [c for c in run.all_cases(quick=False, device_type="cuda") if c.case.startswith("step.dcgan")]
     assert {(c.shape[2], c.shape[0], c.dtype) for c in steps} == {
         (r, b, d) for r in (32, 64) for b in (64, 256) for d in ("float32", "bfloat16")}
     assert len(steps) == 8 * len(cases_steps.STEP_KINDS)

@@ -1,5 +1,7 @@
 """Training data: the embedded dataset, image folders, .npz arrays, the resumable sampler,
 and clear errors for unusable data."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,77 @@ def test_image_folder_in_a_dataloader_with_workers(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
     batches = [b[0] for b in loader]
     assert len(batches) == 2 and batches[0].shape == (2, 3, 8, 8)
+
+
+# ----------------------------------------------------------------------------- faults found in issue 19
+
+def test_a_truncated_image_stops_the_run_with_one_line_after_the_checkpoint(tmp_path):
+    """The header scan passes; decoding fails at the batch that holds the file: the run writes
+    its checkpoint and raises one DataError line naming the file (with DataLoader workers, whose
+    traceback torch puts into the message, too)."""
+    from fastgan.train import Trainer, load_checkpoint
+
+    from .test_train import tiny
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        _write_png(folder / f"{i}.png", (32, 32), (30 * i, 90, 255 - 30 * i))
+    sampler = StepBatchSampler(8, 4, seed=0)
+    bad = sorted(set(sampler.indices(1)) - set(sampler.indices(0)))[0]  # first read in the second step
+    name = sorted(folder.iterdir())[bad]
+    name.write_bytes(name.read_bytes()[:60])
+    assert len(ImageFolder(str(folder))) == 8
+    for workers in (0, 1):
+        t = Trainer(tiny(tmp_path / f"w{workers}", data=str(folder), batch_size=4, steps=3, workers=workers,
+                         g_width=4, d_width=4))
+        with pytest.raises(DataError) as info:
+            t.train()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{name}: unreadable image"), msg
+        assert "stopped before step 2 (checkpoint of step 1 in" in msg
+        assert load_checkpoint(t.cfg.out + "/checkpoint.pt")["step"] == 1
+
+
+def test_16_bit_grayscale_is_scaled_by_its_range(tmp_path):
+    values = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(4, 0)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    (x,) = ImageFolder(str(tmp_path))[0]
+    assert x.shape == (3, 4, 4)
+    assert torch.allclose(x[:, 0], torch.tensor([-1.0, -0.5, 0.0, 1.0]).expand(3, 4), atol=1e-4)
+
+
+def test_npz_range_is_decided_once_with_a_tolerance_and_said(tmp_path):
+    x = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    x[0, 0, 0, 0] = -0.0005  # rounding below 0: still [0, 1] data
+    np.savez(tmp_path / "f.npz", images=x)
+    ds = load_dataset(str(tmp_path / "f.npz"), 8)
+    assert abs(ds.tensors[0].mean().item()) < 0.05 and ds.tensors[0].min() >= -1
+    assert "read as [0, 1]" in ds.note
+    np.savez(tmp_path / "s.npz", images=x.clip(0, 1) * 2 - 1)
+    assert "read as [-1, 1]" in load_dataset(str(tmp_path / "s.npz"), 8).note
+
+
+def test_unusable_files_are_clear_errors_at_load(tmp_path):
+    np.savez(tmp_path / "two.npz", images=np.zeros((4, 2, 8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="1, 3 or 4 channels"):
+        load_dataset(str(tmp_path / "two.npz"), 8)
+    np.savez(tmp_path / "two_nhwc.npz", images=np.zeros((4, 8, 8, 2), dtype=np.uint8))
+    with pytest.raises(DataError, match="1, 3 or 4 channels"):
+        load_dataset(str(tmp_path / "two_nhwc.npz"), 8)
+    big = tmp_path / "big"
+    big.mkdir()
+    _write_png(big / "a.png", (16, 16))  # then its header claims 20000 x 20000 (a decompression bomb)
+    data = bytearray((big / "a.png").read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") * 2
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    (big / "a.png").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="a.png: unreadable image \\(DecompressionBombError"):
+        load_dataset(str(big), 32)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    _write_png(odd / "a.png", (48, 48))
+    with pytest.raises(DataError, match="fastgan's models take 32 or 64 px images: resize them") as info:
+        load_dataset(str(odd), 32, resolutions=(32, 64))
+    assert "--resolution 48" not in str(info.value)

@@ -57,8 +57,8 @@ def test_config_and_cli_flag(tmp_path):
     cfg = tiny(tmp_path, cuda_graphs=True)
     assert TrainConfig.from_dict(cfg.to_dict()).cuda_graphs is True
     parser = build_parser()
-    assert _train_config(parser.parse_args(["train", "--cuda-graphs"])).cuda_graphs is True
-    assert _train_config(parser.parse_args(["train"])).cuda_graphs is False
+    assert _train_config(parser.parse_args(["train", "--cuda-graphs"]))[0].cuda_graphs is True
+    assert _train_config(parser.parse_args(["train"]))[0].cuda_graphs is False
 
 
 def test_set_lr_and_load_state_dict_eager(tmp_path):
@@ -587,7 +587,8 @@ def test_gpu_checkpoint_loads_in_place_after_capture(tmp_path, exact_cuda):
     # the checkpoint of a graphed run resumes eagerly (float lr, capturable=False)
     state = load_checkpoint(path)
     assert isinstance(state["opt_d"]["param_groups"][0]["lr"], float)
-    Trainer(_gpu_cfg(tmp_path / "cpu", device="cpu", amp=False, cuda_graphs=False, fused=False), resume=path)
+    Trainer(_gpu_cfg(tmp_path / "cpu", device="cpu", amp=False, cuda_graphs=False, fused=False, penalty="r1",
+                     reg_interval=2), resume=path)
 
 
 @gpu

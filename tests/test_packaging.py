@@ -17,7 +17,7 @@ def test_regular_install_provides_fastgan_kernels(tmp_path):
     if r.returncode != 0 and "No module named" in r.stderr and "setuptools" in r.stderr:
         pytest.skip("setuptools is not installed in this environment")
     assert r.returncode == 0, r.stderr[-2000:]
-    code = ("import fastgan, fastgan.kernels, fastgan.benchmarks.run, os\n"
+    code = ("import fastgan, fastgan.kernels, fastgan.benchmarks.run, fastgan.compat.nvlabs, os\n"
             "assert fastgan.__file__.startswith(os.environ['PYTHONPATH']), fastgan.__file__\n"
             "assert fastgan.kernels.__file__.startswith(os.environ['PYTHONPATH'])\n"
             "from fastgan.cli import build_parser\n"

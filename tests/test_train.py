@@ -1,11 +1,10 @@
 """The trainer on the CPU: learning signal, fused vs plain equivalence, exact resume,
-atomic and corrupted checkpoints, SIGINT, the CLI, and a 2-process gloo data-parallel run."""
+atomic and corrupted checkpoints, the CLI, and a 2-process gloo data-parallel run (signals and
+other faults: test_train_faults.py)."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -61,18 +60,22 @@ def test_every_loss_and_penalty_runs(tmp_path, loss, penalty):
         assert any(h["penalty"] > 0 for h in t.history)
 
 
-def test_resume_is_exact(tmp_path):
-    full = Trainer(tiny(tmp_path / "a", steps=6, penalty="r1", reg_interval=2))
+@pytest.mark.parametrize("objective", [dict(penalty="r1", reg_interval=2),
+                                       dict(loss="wgan", penalty="wgan-gp", n_critic=2)], ids=["r1", "wgan-gp"])
+def test_resume_is_exact(tmp_path, objective):
+    """Bitwise: lazy R1 across the resume, and WGAN-GP with n_critic 2 (whose interpolation
+    weights come from the trainer's own generator, not the global one the DataLoader draws from)."""
+    objective = dict(objective, g_width=4, d_width=4, batch_size=4, n_embedded=16)
+    full = Trainer(tiny(tmp_path / "a", steps=4, **objective))
     full.train()
-    first = Trainer(tiny(tmp_path / "b", steps=3, penalty="r1", reg_interval=2))
+    first = Trainer(tiny(tmp_path / "b", steps=2, **objective))
     first.train()
-    resumed = Trainer(tiny(tmp_path / "b", steps=6, penalty="r1", reg_interval=2),
-                      resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
-    assert resumed.step == 3
+    resumed = Trainer(tiny(tmp_path / "b", steps=4, **objective), resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
+    assert resumed.step == 2
     resumed.train()
     for name in ("G", "D", "G_ema"):
         assert torch.equal(params(getattr(full, name)), params(getattr(resumed, name))), name
-    assert [h["d_loss"] for h in full.history[3:]] == [h["d_loss"] for h in resumed.history]
+    assert [h["d_loss"] for h in full.history[2:]] == [h["d_loss"] for h in resumed.history]
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -155,22 +158,6 @@ def test_cli_train_sample_and_errors(tmp_path):
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 2, (args, stderr)
         assert msg in stderr and "Traceback" not in stderr, stderr
-
-
-def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    out = tmp_path / "sig"
-    p = _cli(["train", *TINY_ARGS, "--steps", "100000", "--out", str(out)])
-    log = out / "log.jsonl"
-    deadline = time.time() + 240
-    while not (log.exists() and log.stat().st_size > 0) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.2)
-    assert p.poll() is None, p.communicate()[1]
-    p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=240)
-    assert p.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted" in stdout
-    state = load_checkpoint(str(out / "checkpoint.pt"))
-    assert 1 <= state["step"] < 100000
 
 
 DDP_SCRIPT = """

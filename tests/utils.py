@@ -51,3 +51,24 @@ def compile_for_sm90(script: str, tmp_path) -> str:
         pytest.skip("no ptxas to compile for the GPU here")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
+
+
+def check_against_ref(fn, ref, inputs, dtype, tol=None, what="y"):
+    """``fn(*inputs)`` against ``ref`` on float64 copies of the same inputs: the output and, for one
+    random cotangent (in the output's dtype, given to both), the gradient of every input that
+    requires grad. Returns the output."""
+    ours = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+            for t in inputs]
+    refs = [t.detach().double().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+            for t in inputs]
+    y, y_ref = fn(*ours), ref(*refs)
+    assert y.dtype == dtype, f"{what}: dtype {y.dtype} != {dtype}"
+    assert_close(y, y_ref, dtype, what, tol)
+    wanted = [i for i, t in enumerate(ours) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if wanted:
+        g = torch.randn_like(y_ref).to(y.dtype)  # the reference gets the same (rounded) cotangent
+        grads = torch.autograd.grad(y, [ours[i] for i in wanted], g)
+        grads_ref = torch.autograd.grad(y_ref, [refs[i] for i in wanted], g.double())
+        for i, a, r in zip(wanted, grads, grads_ref):
+            assert_close(a, r, dtype, f"gradient of input {i}", tol)
+    return y

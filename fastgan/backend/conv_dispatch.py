@@ -1,4 +1,5 @@
-"""Per-shape choice between fastgan's fused Triton convolution and the vendor path.
+"""Per-shape choice between fastgan's fused Triton convolution and the vendor path (and between
+other interchangeable implementations: ``choose(..., impls=...)``).
 
 Two implementations compute the same forward of a convolution layer:
 
@@ -8,7 +9,7 @@ Two implementations compute the same forward of a convolution layer:
 
 Which one is faster depends on the shape, the dtype, the layout and the GPU, so on CUDA
 both are timed once per key (op, shapes, conv arguments, dtype, layout, device name) and
-the winner is remembered with both times (``{"impl", "t_triton_ms", "t_vendor_ms"}``) in memory and
+the winner is remembered with the times (``{"impl", "t_triton_ms", "t_vendor_ms"}``) in memory and
 on disk, as JSON in ``$FASTGAN_CACHE_DIR`` (default ``~/.cache/fastgan``) file
 ``conv_dispatch.json``, written atomically (temp file + os.replace). ``usage()`` tells which
 implementation each shape ran since it was last reset (the benchmark records carry it).
@@ -37,7 +38,7 @@ _ENV = "FASTGAN_CONV"
 _CACHE_FILE = "conv_dispatch.json"
 
 _lock = threading.Lock()
-# key -> {"impl": "triton" | "vendor", "t_triton_ms": float | None, "t_vendor_ms": float | None}
+# key -> {"impl": name, "t_<name>_ms": float | None for each implementation timed}
 _memory: dict[str, dict] = {}
 _used: dict[str, dict] = {}  # the entries choose() returned since the last usage(reset=True)
 _disk_loaded_from: str | None = None
@@ -76,12 +77,18 @@ def _warn_disk(exc: Exception) -> None:
                       "choices are kept in memory only", RuntimeWarning, stacklevel=4)
 
 
+def _untimed(impl: str, impls: tuple) -> dict:
+    return {"impl": impl, **{f"t_{name}_ms": None for name in impls}}
+
+
 def _entry(value) -> dict | None:
-    """A cache entry ({"impl", "t_triton_ms", "t_vendor_ms"}; a bare impl name from older files)."""
-    if value in IMPLS:
-        return {"impl": value, "t_triton_ms": None, "t_vendor_ms": None}
-    if isinstance(value, dict) and value.get("impl") in IMPLS:
-        return {"impl": value["impl"], "t_triton_ms": value.get("t_triton_ms"), "t_vendor_ms": value.get("t_vendor_ms")}
+    """A cache entry ({"impl", "t_<impl>_ms" per implementation}; a bare impl name from older files)."""
+    if isinstance(value, str):
+        return {"impl": value}
+    if isinstance(value, dict) and isinstance(value.get("impl"), str):
+        times = {k: v for k, v in value.items()
+                 if k.startswith("t_") and k.endswith("_ms") and (v is None or isinstance(v, (int, float)))}
+        return {"impl": value["impl"], **times}
     return None
 
 
@@ -162,30 +169,32 @@ def _use(key: str, entry: dict) -> str:
 
 
 def choose(op: str, x: torch.Tensor, w: torch.Tensor, args: tuple,
-           run: Callable[[str], object]) -> str:
-    """"triton" or "vendor" for this call; ``run(impl)`` performs the forward with one impl
-    (it is called for timing only on CUDA, once per new key, under ``torch.no_grad``)."""
-    forced = forced_impl()
+           run: Callable[[str], object], impls: tuple = IMPLS) -> str:
+    """The fastest of ``impls`` (default "triton" / "vendor") for this call; ``run(impl)`` performs
+    the forward with one impl (it is called for timing only on CUDA, once per new key, under
+    ``torch.no_grad``). ``FASTGAN_CONV`` forces the default pair only; off CUDA the first wins."""
+    forced = forced_impl() if impls == IMPLS else None
     key = make_key(op, x, w, args)
     if forced is not None or not x.is_cuda:  # forced, or the CPU: the kernels are exercised
-        return _use(key, {"impl": forced or "triton", "t_triton_ms": None, "t_vendor_ms": None})
+        return _use(key, _untimed(forced or impls[0], impls))
     with _lock:
         _load_disk()
         entry = _memory.get(key)
-    if entry is not None:
+    if entry is not None and entry["impl"] in impls:
         return _use(key, entry)
     if torch.cuda.is_current_stream_capturing():
-        return _use(key, {"impl": "triton", "t_triton_ms": None, "t_vendor_ms": None})
+        return _use(key, _untimed(impls[0], impls))
+    times = {}
     with torch.no_grad():
-        try:
-            t_triton = _time_ms(lambda: run("triton"))
-        except Exception as exc:  # a kernel that cannot compile for this shape: use the vendor path
-            warnings.warn(f"fastgan: Triton conv failed for {key} ({type(exc).__name__}: {exc}); "
-                          "using the vendor path for this shape", RuntimeWarning, stacklevel=3)
-            t_triton = float("inf")
-        t_vendor = _time_ms(lambda: run("vendor"))
-    entry = {"impl": "triton" if t_triton <= t_vendor else "vendor",
-             "t_triton_ms": None if t_triton == float("inf") else t_triton, "t_vendor_ms": t_vendor}
+        for impl in impls:
+            try:
+                times[impl] = _time_ms(lambda: run(impl))
+            except Exception as exc:  # e.g. a kernel that cannot compile for this shape: use another impl
+                if impl == impls[-1] and not times:
+                    raise
+                warnings.warn(f"fastgan: {impl} failed for {key} ({type(exc).__name__}: {exc}); "
+                              "using another implementation for this shape", RuntimeWarning, stacklevel=3)
+    entry = {"impl": min(times, key=times.get), **{f"t_{impl}_ms": times.get(impl) for impl in impls}}
     with _lock:
         _memory[key] = entry
         _save_disk(key, entry)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from dataclasses import dataclass, field
 
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
@@ -11,6 +14,12 @@ DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
 DEVICE_DEFAULTS = {"cuda": {"g_width": 64, "d_width": 64, "steps": 10000},
                    "cpu": {"g_width": 32, "d_width": 32, "steps": 1500}}
 WGAN_BETAS, DEFAULT_BETAS = (0.0, 0.9), (0.5, 0.999)  # Adam: the WGAN-GP paper's, and DCGAN's
+RESOLUTIONS = (32, 64)
+# the fields a resumed run may change (it continues the same model, data and objective): run
+# length, output and logging, where and how it runs (fused: the same parameters in plain torch
+# modules), and the learning rates
+RESUMABLE = ("steps", "out", "sample_every", "ckpt_every", "log_every", "progress", "tensorboard", "device",
+             "amp", "cuda_graphs", "fused", "workers", "lr_g", "lr_d")
 
 
 def _on_cuda(device) -> bool:
@@ -83,20 +92,22 @@ class TrainConfig:
         for name in ("n_embedded", "z_dim", "g_width", "d_width", "reg_interval", "n_critic", "batch_size",
                      "steps", "sample_every", "ckpt_every", "log_every"):
             positive_int(name)
-        if self.resolution not in (32, 64):
+        if self.resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be 32 or 64, got {self.resolution!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.penalty not in PENALTIES:
             raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
-        if self.gamma is not None and not (isinstance(self.gamma, (int, float)) and self.gamma >= 0):
-            raise ValueError(f"gamma must be a number >= 0, got {self.gamma!r}")
+        if self.gamma is not None and not (_finite(self.gamma) and self.gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
         for name in ("lr_g", "lr_d"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if len(self.betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not 0 <= self.ema_decay < 1:
+        if not (_finite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
@@ -115,6 +126,24 @@ class TrainConfig:
         return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
                 for f in dataclasses.fields(cls)}
 
+    def resumed(self, given: dict) -> tuple["TrainConfig", dict]:
+        """The config of a run resumed from one with this config: this config, with the fields in
+        ``given`` that a resumed run may change (``RESUMABLE``) replaced; returns it and
+        ``{field: (old, new)}`` of what changed. Any other field of ``given`` that differs (the
+        model, the data, the objective, the seed) is a ValueError naming every such field."""
+        old = self.to_dict()
+        new = dict(old, **given)
+        for d in (old, new):  # the same data however its path is spelled
+            if d["data"] is not None:
+                d["data"] = os.path.abspath(d["data"])
+        fixed = {k: (old[k], v) for k, v in new.items() if k not in RESUMABLE and v != old[k]}
+        if fixed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
+            raise ValueError(f"a resumed run keeps its checkpoint's model, data and objective, but {what} would "
+                             f"change them; resume without those flags, or start a new run (another --out)")
+        cfg = TrainConfig.from_dict(new)
+        return cfg, {k: (old[k], v) for k, v in cfg.to_dict().items() if v != old[k]}
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -122,3 +151,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}")
         return cls(**d)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -24,6 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    control: object = None  # the process group of host-side decisions (gloo; None: the default group)
 
     @property
     def enabled(self) -> bool:
@@ -34,15 +35,34 @@ class DistInfo:
         return self.rank == 0
 
 
+def env_world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group torchrun describes in the environment (no-op for one process).
+    On CUDA (NCCL) a gloo group is created too, for ``max_over_ranks``."""
+    world = env_world_size()
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(rank, world, local)
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return DistInfo(rank, world, local, control)
+
+
+def max_over_ranks(values: list, info: DistInfo) -> list[int]:
+    """Each of ``values`` (ints or bools, the same list length on every rank) maximised over the
+    ranks: the host-side agreement that makes every rank take the same decision (stop, and why).
+    A CPU all-reduce over the gloo group: no GPU synchronisation."""
+    values = [int(v) for v in values]
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control)
+    return t.tolist()
 
 
 def broadcast_module_(module: torch.nn.Module, info: DistInfo) -> None:

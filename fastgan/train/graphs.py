@@ -363,7 +363,7 @@ class TrainerGraphs:
     def run(self, kind: str, fn: Callable[[], None]) -> None:
         step = self.steps.get(kind)
         if step is None:
-            step = CapturedStep(fn, (), warmup=self.warmup, pool=self._first, generators=(self.trainer.noise,),
+            step = CapturedStep(fn, (), warmup=self.warmup, pool=self._first, generators=self.trainer.generators,
                                 device=self.trainer.device, name=f"cuda_graphs {kind} step",
                                 before_capture=self.check_capturable)
             self.steps[kind] = step

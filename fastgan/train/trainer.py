@@ -8,8 +8,14 @@ Each G step: ``n_critic`` D steps, then one G step.
   EMA:    G_ema <- d * G_ema + (1 - d) * G after every G step, d = min(ema_decay, (1+t)/(10+t))
           ramping up with the step t; samples come from G_ema.
 All randomness comes from seeded generators saved in checkpoints (the noise generator, the
-global torch generator used by the WGAN-GP interpolation, the step-indexed data order), so a
-resumed CPU run reproduces an uninterrupted one exactly.
+WGAN-GP interpolation's own generator, the step-indexed data order; the DataLoader has its own
+seeded generator, so creating its iterator draws nothing from the global one), so a resumed CPU
+run reproduces an uninterrupted one exactly.
+
+``train()`` stops early, every rank at the same step, on SIGINT or SIGTERM to any rank (a
+checkpoint, then status "interrupted"), on a non-finite loss or weight (status "diverged": the
+checkpoint on disk stays the last finite one) and on an image that does not decode (a
+checkpoint, then a DataError). It holds ``out``'s ``FolderLock`` while it runs.
 
 With ``cuda_graphs=True`` (CUDA, one process) the same step bodies are captured in CUDA graphs
 (see :mod:`fastgan.train.graphs`): the D step, the D step with lazy R1 (a third graph, not a
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import json
 import math
@@ -35,37 +42,56 @@ import warnings
 import torch
 
 from .. import functional as FG
-from ..atomic import atomic_write, atomic_write_json
+from ..atomic import FolderLock, atomic_write, atomic_write_json, remove_stale_temporaries
 from ..backend import backend_for_device, use_backend
-from ..data import load_dataset, make_loader
+from ..data import DataError, data_error_line, load_dataset, make_loader
 from ..models import build_dcgan
 from ..monitor import ResourceMonitor
 from . import distributed as dist_util
 from . import graphs as graph_util
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import RESOLUTIONS, TrainConfig
 from .ema import ema_decay_at, ema_update_
 
 LATEST = "checkpoint.pt"
 D_STATS = ("d_loss", "penalty", "d_real", "d_fake", "d_acc")
 G_STATS = ("g_loss",)
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of a config's ``device`` (auto, cpu, cuda, cuda:N), or a ValueError saying why
+    this machine cannot run it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {name!r}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
+def image_format(path: str) -> str:
+    """The Pillow format of an image file name, from its extension (.png, .jpg/.jpeg, .webp,
+    .bmp), or a ValueError."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: the file name must end in {', '.join(IMAGE_FORMATS)} (the image format)")
+    return IMAGE_FORMATS[ext]
+
+
 def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] ([N, C, H, W]) as one PNG grid, atomically."""
+    """Write images in [-1, 1] ([N, C, H, W]) as one grid, atomically, in the format of the
+    file name's extension (``image_format``)."""
     from PIL import Image
 
+    fmt = image_format(path)
     images = images.detach().float().cpu().clamp(-1, 1)
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
@@ -77,18 +103,24 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     if c == 1:
         arr = arr[:, :, 0]
-    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"), binary=True)
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format=fmt, **options), binary=True)
 
 
 class Trainer:
     """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+        """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
+        but for the fields a resumed run may change (``config.RESUMABLE``: steps, out, logging,
+        device, learning rates, ...); those changes are reported through ``log``."""
         self.log = log
-        state = None
+        state, changes = None, {}
         if resume is not None:
             state = load_checkpoint(resume)
-            cfg = self._merge_resumed_config(cfg, state, resume)
+            cfg, changes = self._resumed_config(cfg, state, resume)
+        if cfg.data is not None:  # recorded absolute: the checkpoint names the data wherever it is resumed
+            cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
         self.cfg = cfg
         if cfg.tensorboard:
             try:
@@ -97,6 +129,9 @@ class Trainer:
                 raise ValueError("tensorboard=True (--tensorboard) needs the tensorboard package: "
                                  "pip install tensorboard") from None
         self.device = resolve_device(cfg.device)
+        world = dist_util.env_world_size()
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
         self.dist = dist_util.init_from_env(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -106,7 +141,7 @@ class Trainer:
             raise ValueError("bf16 autocast (amp) is for CUDA devices; use amp=False on the CPU")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed)
+        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS)
         if cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -126,6 +161,7 @@ class Trainer:
         self.opt_g = self._adam(self.G, cfg.lr_g, use_graphs)
         self.opt_d = self._adam(self.D, cfg.lr_d, use_graphs)
         self.noise = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + 1 + self.dist.rank)
+        self.gp_eps = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + 2 + self.dist.rank)
         self._ema_decay = torch.zeros((), device=self.device)  # filled before every G step
         # graph mode (None: eager steps): the captured steps and their static buffers
         self.graphs = graph_util.TrainerGraphs(self, (D_STATS, G_STATS)) if use_graphs else None
@@ -133,9 +169,15 @@ class Trainer:
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
         self.history: list[dict] = []
+        self.diverged: str | None = None  # what became non-finite, and at which step
         torch.manual_seed(cfg.seed * 31 + self.dist.rank)
         if state is not None:
             self._load_state(state, resume)
+            self.set_lr(cfg.lr_g, cfg.lr_d)  # the config's: the loaded optimizer state holds the old ones
+            if self.dist.is_main:
+                self.log(f"resuming {resume} at step {self.step}" + "".join(
+                    f", {k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        self.checkpoint_step = self.step if state is not None else None  # of the checkpoint on disk
         dist_util.broadcast_module_(self.G, self.dist)
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
@@ -153,21 +195,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint state
 
-    def _merge_resumed_config(self, cfg: TrainConfig, state: dict, path: str) -> TrainConfig:
-        """Model and objective come from the checkpoint; run options (steps, out, ...) from ``cfg``."""
+    @staticmethod
+    def _resumed_config(cfg: TrainConfig, state: dict, path: str) -> tuple[TrainConfig, dict]:
+        """(config, changes) of a run resumed from ``state`` with ``cfg`` (``TrainConfig.resumed``)."""
         try:
             saved = TrainConfig.from_dict(state["config"])
         except Exception as exc:
             raise CheckpointError(f"{path}: incompatible checkpoint config ({exc})") from None
-        run_fields = ("steps", "out", "sample_every", "ckpt_every", "log_every", "progress", "device", "workers",
-                      "data", "cuda_graphs", "tensorboard")
-        merged = saved.to_dict()
-        for name in run_fields:
-            merged[name] = getattr(cfg, name)
-        return TrainConfig.from_dict(merged)
+        return saved.resumed(cfg.to_dict())
 
     def _rng_state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "noise": self.noise.get_state()}
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise.get_state(), "penalty": self.gp_eps.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return rng
@@ -207,34 +245,63 @@ class Trainer:
             first = str(exc).strip().splitlines()[0][:300]
             raise CheckpointError(f"{path}: checkpoint does not fit these models ({first})") from None
         self.step, self.d_steps = int(state["step"]), int(state.get("d_steps", 0))
-        self.fixed_z = state.get("fixed_z", self.fixed_z)
-        rng = state["rng"]
-        per_rank = rng.get("per_rank")
-        if per_rank is not None and len(per_rank) == self.dist.world_size:
-            rng = per_rank[self.dist.rank]  # this rank's own streams (a data-parallel checkpoint)
-        elif self.dist.enabled:  # rank 0's streams would give every rank the same noise: derive them
-            warnings.warn(f"{path}: no random state for {self.dist.world_size} ranks in this checkpoint; each rank "
-                          "reseeds from (seed, rank, step), so this resume is not bitwise the uninterrupted run",
-                          RuntimeWarning, stacklevel=3)
-            derived = (self.cfg.seed * 1000003 + self.dist.rank) * 1000003 + self.step
-            torch.manual_seed(derived)
-            self.noise.manual_seed(derived + 1)
-            return
-        torch.set_rng_state(rng["torch"])
-        if rng["noise"].numel() == self.noise.get_state().numel():
-            self.noise.set_state(rng["noise"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        fixed_z, rng = state.get("fixed_z", self.fixed_z), state["rng"]
+        try:
+            if not (isinstance(fixed_z, torch.Tensor) and fixed_z.shape == self.fixed_z.shape
+                    and fixed_z.is_floating_point()):
+                raise ValueError(f"fixed_z is not a float tensor of shape {list(self.fixed_z.shape)}")
+            if not isinstance(rng, dict):
+                raise TypeError(f"rng is a {type(rng).__name__}, not a dict")
+            self.fixed_z = fixed_z
+            per_rank = rng.get("per_rank")
+            if per_rank is not None and len(per_rank) == self.dist.world_size:
+                rng = per_rank[self.dist.rank]  # this rank's own streams (a data-parallel checkpoint)
+            elif self.dist.enabled:  # rank 0's streams would give every rank the same noise: derive them
+                warnings.warn(f"{path}: no random state for {self.dist.world_size} ranks in this checkpoint; each "
+                              "rank reseeds from (seed, rank, step), so this resume is not bitwise the uninterrupted "
+                              "run", RuntimeWarning, stacklevel=3)
+                derived = (self.cfg.seed * 1000003 + self.dist.rank) * 1000003 + self.step
+                torch.manual_seed(derived)
+                self.noise.manual_seed(derived + 1)
+                self.gp_eps.manual_seed(derived + 2)
+                return
+            torch.set_rng_state(rng["torch"])
+            for name, gen in (("noise", self.noise), ("penalty", self.gp_eps)):
+                # a generator of another device type (a CUDA run resumed on the CPU) keeps its seed
+                if name in rng and rng[name].numel() == gen.get_state().numel():
+                    gen.set_state(rng[name])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{path}: malformed rng or fixed-noise entry "
+                                  f"({type(exc).__name__}: {first})") from None
 
     def save(self, path: str | None = None) -> str | None:
-        """Write the checkpoint (rank 0). Every rank must call it: the ranks' random states are
-        gathered first, so that a resume gives each rank its own streams back."""
+        """Write the checkpoint (rank 0; returns its path, None on other ranks). Every rank must call
+        it: the ranks' random states are gathered first, so that a resume gives each rank its own
+        streams back."""
         per_rank = dist_util.gather_objects(self._rng_state(), self.dist) if self.dist.enabled else None
         path = path or os.path.join(self.cfg.out, LATEST)
         if self.dist.is_main:
             save_checkpoint(self.state_dict(per_rank), path)
         dist_util.barrier(self.dist)  # the file exists for every rank once save returns
         return path if self.dist.is_main else None
+
+    def finite(self) -> bool:
+        """Whether every weight and buffer of G, D and G_ema is finite (one host sync)."""
+        flags = [torch.isfinite(t).all() for m in (self.G, self.D, self.G_ema) for t in m.state_dict().values()]
+        return bool(torch.stack(flags).all())
+
+    def _checkpoint(self) -> None:
+        """Save unless a weight is non-finite: then record the divergence, and the checkpoint on
+        disk stays the last finite one. Every rank checks (the weights are equal on all ranks), so
+        all of them see the divergence at the same step."""
+        if not self.finite():
+            self.diverged = self.diverged or f"non-finite weights at step {self.step}"
+            return
+        self.save()
+        self.checkpoint_step = self.step
 
     # ------------------------------------------------------------------ steps
 
@@ -270,7 +337,8 @@ class Trainer:
                     real_logits = self.D(real) if real_logits is None else real_logits
                     fake_logits = self.D(fake)
                 if cfg.penalty == "wgan-gp":
-                    penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma)
+                    penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma,
+                                                  generator=self.gp_eps)
             loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
             self.opt_d.zero_grad(set_to_none=set_to_none)
             (loss + penalty).backward()
@@ -339,6 +407,11 @@ class Trainer:
         return stats
 
     @property
+    def generators(self) -> tuple[torch.Generator, ...]:
+        """The trainer's own generators the steps draw from (a CUDA graph registers them)."""
+        return (self.noise, self.gp_eps) if self.cfg.penalty == "wgan-gp" else (self.noise,)
+
+    @property
     def graph_kinds(self) -> tuple[str, ...]:
         """The captured steps this configuration uses: "d" (plain D step), "d_r1" (D step with
         lazy R1), "g" (G step + EMA)."""
@@ -376,35 +449,82 @@ class Trainer:
         save_image_grid(images, path, nrow=8)
 
     def train(self) -> dict:
-        """Run until ``cfg.steps`` G steps are done (or SIGINT: checkpoint, then return)."""
+        """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
+        Returns the summary: "status" is "completed", "interrupted" ("signal" names it) or
+        "diverged" ("diverged" says what became non-finite); an image that does not decode
+        raises a DataError once the checkpoint is written (summary.json: "data error"). Rank 0
+        holds ``out``'s FolderLock and first removes the temporary files interrupted writes left
+        there."""
         cfg, main = self.cfg, self.dist.is_main
-        if main:
-            os.makedirs(cfg.out, exist_ok=True)
-            atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+        with FolderLock(cfg.out) if main else contextlib.nullcontext():
+            if main:
+                remove_stale_temporaries(cfg.out, os.path.join(cfg.out, "samples"))
+                atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+            return self._train()
+
+    def _train(self) -> dict:
+        cfg, main = self.cfg, self.dist.is_main
         start_step = self.step
         loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
                              cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
-        data = iter(loader)
         monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
-        status = "completed"
-        with _stop_on_sigint() as stop, RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
-            while self.step < cfg.steps:
-                stats = self.train_step([next(data)[0] for _ in range(cfg.n_critic)])
-                last = self.step == cfg.steps
-                if monitor is not None:
-                    monitor.step(cfg.batch_size * cfg.n_critic)
-                log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
-                if main and (self.step % cfg.sample_every == 0 or last):
-                    self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
-                if self.step % cfg.ckpt_every == 0 or last or stop.signal is not None:
-                    log.flush()
-                    self.save()
-                if stop.signal is not None:
-                    status = "interrupted"
-                    break
-        return self._summary(status, start_step, log, monitor)
+        with _StopOnSignal() as stop:  # the summary too: a repeated Ctrl-C must not cut it short
+            with RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
+                status, signum, data_error = self._loop(iter(loader), stop, log, monitor)
+            status = "diverged" if self.diverged else status
+            summary = self._summary(status, start_step, log, monitor, signum)
+        if status == "data error":
+            saved = (f"checkpoint of step {self.checkpoint_step} in {summary['checkpoint']}"
+                     if self.checkpoint_step is not None else "no checkpoint")
+            why = data_error_line(data_error) if data_error is not None else "another process could not read its data"
+            raise DataError(f"{why}; stopped before step {self.step + 1} ({saved}): fix or remove the file, "
+                            "then resume")
+        return summary
 
-    def _summary(self, status: str, start_step: int, log, monitor) -> dict:
+    def _loop(self, data, stop, log, monitor) -> tuple[str, int, DataError | None]:
+        """The steps up to ``cfg.steps`` or the first stop: (status, the signal's number or 0, this
+        rank's DataError or None). A divergence ends it too (``self.diverged`` says so)."""
+        cfg, main = self.cfg, self.dist.is_main
+        while self.step < cfg.steps:
+            reals, data_error = self._next_batches(data, stop)
+            # every rank stops at the same step, whichever rank has a reason (one small all-reduce)
+            signum, diverged, bad_data = dist_util.max_over_ranks(
+                [stop.signal or 0, self.diverged is not None, data_error is not None], self.dist)
+            if diverged:
+                break
+            if signum or bad_data:
+                log.flush()
+                self._checkpoint()
+                dist_util.max_over_ranks([0], self.dist)  # no rank exits before rank 0 has written it
+                return ("interrupted" if signum else "data error"), signum, data_error
+            stats = self.train_step(reals)
+            last = self.step == cfg.steps
+            if monitor is not None:
+                monitor.step(cfg.batch_size * cfg.n_critic)
+            log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
+            if main and (self.step % cfg.sample_every == 0 or last):
+                self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
+            if self.step % cfg.ckpt_every == 0 or last:
+                log.flush()
+                self._checkpoint()
+        return "completed", 0, None
+
+    def _next_batches(self, data, stop) -> tuple[list | None, DataError | None]:
+        """(the next step's real batches, None), or (None, the DataError of an image that does not
+        decode). Nothing is fetched once a stop signal has arrived, and a fetch that fails after
+        one is the signal's doing (a terminal's Ctrl-C reaches the DataLoader workers too)."""
+        if stop.signal is not None:
+            return None, None
+        try:
+            return [next(data)[0] for _ in range(self.cfg.n_critic)], None
+        except DataError as exc:
+            return None, exc
+        except Exception:
+            if stop.signal is None:
+                raise
+            return None, None
+
+    def _summary(self, status: str, start_step: int, log, monitor, signum: int = 0) -> dict:
         cfg = self.cfg
         elapsed = log.elapsed
         done = self.step - start_step
@@ -412,7 +532,8 @@ class Trainer:
         summary = {"status": status, "step": self.step, "steps_run": done, "elapsed_s": elapsed,
                    "images_per_s": done * cfg.batch_size * cfg.n_critic / elapsed if elapsed else None,
                    "d_loss": last.get("d_loss"), "g_loss": last.get("g_loss"), "penalty": last.get("penalty"),
-                   "checkpoint": os.path.join(cfg.out, LATEST),
+                   "signal": signal.Signals(signum).name if signum else None, "diverged": self.diverged,
+                   "checkpoint": os.path.join(cfg.out, LATEST), "checkpoint_step": self.checkpoint_step,
                    "samples": os.path.join(cfg.out, "samples"), "device": str(self.device),
                    "backend": "plain torch" if not cfg.fused else backend_for_device(self.device)}
         if monitor is not None:
@@ -424,23 +545,27 @@ class Trainer:
         return summary
 
 
-class _stop_on_sigint:
-    """Within the block, SIGINT sets ``.signal`` instead of raising (main thread only)."""
+class _StopOnSignal:
+    """Within the block, SIGINT and SIGTERM (a cluster's preemption) set ``.signal``, the first
+    one's number, instead of raising or terminating (main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signal, self._previous = None, None
+        self.signal, self._previous = None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         return False
 
 
@@ -450,7 +575,9 @@ class RunLog:
 
     Each record is the step's statistics plus step time, images/s and wall time. With CUDA graphs
     the statistics arrive a few steps late (``graphs.AsyncStats``: no host sync per step) and the
-    step time is the device time between two logged steps."""
+    step time is the device time between two logged steps. A non-finite statistic sets the
+    trainer's ``diverged``. ``log.jsonl`` keeps the records up to the step the run starts from
+    (a resumed run continues its log, a new run starts a new one)."""
 
     def __init__(self, trainer: "Trainer", start_step: int):
         cfg = trainer.cfg
@@ -459,6 +586,10 @@ class RunLog:
         self.pending = graph_util.AsyncStats() if trainer.graphs is not None else None
         self.main = trainer.dist.is_main
         self.bar = self.tb = None
+        if self.main and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if _record_step(line) <= start_step]
+            atomic_write(self.path, lambda f: f.writelines(kept))
         if self.main and cfg.progress and cfg.steps > start_step:
             from tqdm.auto import tqdm
 
@@ -512,6 +643,9 @@ class RunLog:
                    images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start)
         self.t_last, self.step_last = now, step
         self.trainer.history.append(rec)
+        bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
+        if bad and self.trainer.diverged is None:
+            self.trainer.diverged = f"non-finite losses at step {step} ({', '.join(bad)})"
         if not self.main:
             return
         with open(self.path, "a") as f:
@@ -525,3 +659,9 @@ class RunLog:
                                  img_s=f"{rec['images_per_s']:.0f}")
 
 
+def _record_step(line: str) -> float:
+    """The step of a log.jsonl line (inf for a line that does not parse: a write cut short)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
