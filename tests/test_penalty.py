@@ -208,6 +208,48 @@ def test_autocast_fake_is_promoted_like_hand_written_code(backend, device):
     assert_close(p, ref, torch.bfloat16, "autocast penalty")
 
 
+class _BiasActLrelu(nn.Module):
+    """x @ w^T, then fastgan's bias_act (lrelu): the form StyleGAN's layers call."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(cout, cin)), nn.Parameter(torch.randn(cout))
+
+    def forward(self, x):
+        return bias_act(x @ self.weight.t(), self.bias, act="lrelu")
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv", "conv_transpose", "bias_act"])
+def test_penalty_gives_a_zero_not_none_where_torch_does(layer, device):
+    """relu/lrelu have act'' = 0, so a penalty's gradient with respect to the bias before them is
+    zero: torch returns zeros, and so must fastgan (None makes an optimizer skip the bias on a
+    penalty-only step, such as StyleGAN's lazy R1 step, where Adam's moments still move it)."""
+    flat = layer in ("linear", "bias_act")
+
+    def make():
+        torch.manual_seed(0)
+        if layer == "bias_act":
+            return nn.Sequential(_BiasActLrelu(4, 5), nn.Linear(5, 1))
+        first = {"linear": nn.Linear(4, 5), "conv": nn.Conv2d(3, 5, 3), "conv_transpose": nn.ConvTranspose2d(3, 5, 3)}
+        width = {"linear": 5, "conv": 5 * 4 * 4, "conv_transpose": 5 * 8 * 8}[layer]
+        return nn.Sequential(first[layer], nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(width, 1))
+
+    x = torch.randn(3, 4, device=device) if flat else torch.randn(3, 3, 6, 6, device=device)
+    grads = {}
+    fused = "triton" if device == "cuda" else "interpret"
+    for name, backend, model in (("torch", "eager", make()), ("fastgan", fused, fastgan.accelerate(make()))):
+        with fastgan.use_backend(backend):
+            model = model.to(device)
+            xi = x.clone().requires_grad_()
+            (g,) = torch.autograd.grad(model(xi).sum(), xi, create_graph=True)
+            grads[name] = torch.autograd.grad(g.square().sum(), list(model.parameters()), allow_unused=True)
+    assert layer == "bias_act" or fastgan.accelerate(make(), report=True)[1].replaced, "nothing was fused"
+    for (pname, _), ref, out in zip(make().named_parameters(), grads["torch"], grads["fastgan"]):
+        assert (out is None) == (ref is None), f"{pname}: torch gives {'None' if ref is None else 'a tensor'}"
+        if ref is not None:
+            assert_close(out, ref, torch.float32, pname, tol=TOL[torch.float32] if ref.norm() > 0 else 0.0)
+
+
 @pytest.mark.parametrize("kind", PENALTY_KINDS)
 def test_fused_matches_eager_backend(kind, device):
     """The library's own eager path (the reference implementation) agrees with the fused path."""

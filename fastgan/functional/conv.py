@@ -138,6 +138,8 @@ def _backward(ctx, dy, dz_extra):
         if z is not None:  # the pre-activation z (pre-bias: b is added) or the output y (ctx.from_y)
             dz, db = BIAS_ACT_GRAD(dy, z, None if ctx.from_y else b, 1, spec.act, spec.alpha, spec.gain, spec.clamp,
                                    want_b)
+            if ctx.from_y and want_b and torch.is_grad_enabled():
+                dz = _ZeroBiasGrad.apply(dz, b)
         elif not _needs_z(spec):  # linear, no clamp: act' == 1
             dz = dy * spec.gain if spec.gain != 1 else dy
             db = dz.sum(dim=(0, 2, 3)) if want_b else None
@@ -156,6 +158,24 @@ def _backward(ctx, dy, dz_extra):
 
 
 CONV_ACT = FusedOp("conv_act", _forward, _fake, _setup, _backward)
+
+
+class _ZeroBiasGrad(torch.autograd.Function):
+    """dz, unchanged, as a function of b too: act' computed from y (relu, lrelu) does not depend
+    on b, so a double backward gives b a zero gradient, as torch's does, not None (an optimizer
+    step on that gradient alone, e.g. a lazy R1 step, still moves b by its Adam moments)."""
+
+    @staticmethod
+    def forward(dz, b):
+        return dz.view_as(dz)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, torch.zeros(ctx.b_shape, dtype=ctx.b_dtype, device=g.device)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.b_shape, ctx.b_dtype = inputs[1].shape, inputs[1].dtype
 
 
 def _conv_act(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: ActSpec) -> Tensor:
