@@ -201,7 +201,7 @@ def bn_stats(x: torch.Tensor, dim: int = 1, weight: torch.Tensor | None = None, 
     _bn_stats_kernel[(n,)](x, count, mean, m2, outer, c, inner, IS_F64=is_f64, CHANNELS_LAST=cl,
                            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))
     stats = torch.empty((len(STATS_ROWS), c), dtype=acc, device=x.device)
-    block_c, block_t = reduce_blocks(c)
+    block_c, block_t = reduce_blocks(c, tiles)
     _bn_finalize_kernel[(triton.cdiv(c, block_c),)](
         count, mean, m2, x, weight if weight is not None else x, stats, tiles, tiles_i, c, inner, *split_float(eps),
         HAS_WEIGHT=weight is not None, IS_F64=is_f64, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)

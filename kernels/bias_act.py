@@ -225,17 +225,19 @@ def partials_layout(outer: int, c: int, inner: int, cl: bool, block_r: int, bloc
     return (outer * c, ti), outer * ti, ti
 
 
-def reduce_blocks(c: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_T) of a per-channel pass over tile partials: a few channels per program
-    (several programs for wide layers), tiles read in chunks of about one elementwise tile."""
+def reduce_blocks(c: int, t: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_T) of a per-channel pass over ``t`` tile partials: a few channels per
+    program (several programs for wide layers), tiles read in chunks of about one elementwise
+    tile, no larger than ``t`` needs."""
     block_c = min(triton.next_power_of_2(c), 32)
-    return block_c, max(16, TILE_ELEMENTS * (16 if is_interpreted() else 1) // block_c)
+    chunk = max(16, TILE_ELEMENTS * (16 if is_interpreted() else 1) // block_c)
+    return block_c, min(chunk, max(16, triton.next_power_of_2(t)))
 
 
 def channel_sums(partials: list, outs: list, t: int, ti: int) -> None:
     """outs[k][c] = the sum over the tiles of partials[k] (one or two buffers, one launch)."""
     c = outs[0].numel()
-    block_c, block_t = reduce_blocks(c)
+    block_c, block_t = reduce_blocks(c, t)
     two = len(partials) == 2
     _channel_sums_kernel[(triton.cdiv(c, block_c),)](
         partials[0], partials[-1], outs[0], outs[-1], t, ti, c, TWO=two,

@@ -196,8 +196,10 @@ def test_gradcheck_and_gradgradcheck(act, device):
     def fn(x, b):
         return bias_act(x, b, act=act, clamp=clamp)
 
-    assert torch.autograd.gradcheck(fn, (x, b))
-    assert torch.autograd.gradgradcheck(fn, (x, b))
+    # fast mode (random projections of the Jacobians): a 2.5% error in one act'' fails it;
+    # test_gradgradcheck_channels_last is the full check
+    assert torch.autograd.gradcheck(fn, (x, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, b), fast_mode=True)
 
 
 def test_gradgradcheck_channels_last(device):

@@ -244,8 +244,8 @@ def test_ddp_resume_restores_every_ranks_random_streams(tmp_path):
 @pytest.mark.parametrize("penalty", ["r1", "wgan-gp"])
 def test_fused_models_track_plain_torch_step_by_step(tmp_path, penalty):
     """Same seed, same data, same noise: the fused model (Triton kernels, interpreted here) and the
-    plain-torch model give the same losses for 10 steps, within float32 tolerance."""
-    kw = dict(steps=10, z_dim=8, g_width=4, d_width=4, batch_size=4, n_embedded=32, penalty=penalty,
+    plain-torch model give the same losses for 6 steps, within float32 tolerance."""
+    kw = dict(steps=6, z_dim=8, g_width=4, d_width=4, batch_size=4, n_embedded=32, penalty=penalty,
               reg_interval=2, loss="ns" if penalty == "r1" else "wgan")
     plain = Trainer(tiny(tmp_path / "plain", fused=False, **kw))
     fused = Trainer(tiny(tmp_path / "fused", fused=True, **kw))
