@@ -211,6 +211,7 @@ def _auto_on_off(value: str):
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
+    from fastgan.data import CROPS
     from fastgan.train.config import DEVICE_DEFAULTS, LOSSES, PENALTIES
 
     d = TrainConfig.defaults()
@@ -221,6 +222,12 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
 
     add("--data", help="folder of PNG/JPEG images or an .npz array (default: the embedded shapes)")
     add("--resolution", type=int, choices=[32, 64], help=f"image size (default: {d['resolution']})")
+    add("--resize", action="store_true", help="resize each image's short side to --resolution (antialiased "
+                                               "bicubic), then crop it square (--crop); for images of any size")
+    add("--crop", choices=list(CROPS), help=f"with --resize: the square kept, the center or a random offset along "
+                                            f"the long side, seeded (default: {d['crop']})")
+    add("--xflip", action="store_true", help="flip each drawn image horizontally with probability 1/2, seeded "
+                                             "(the dataset's size is unchanged)")
     add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
                                   f"{cpu['steps']} on the CPU)")
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")

@@ -44,7 +44,7 @@ import torch
 from .. import functional as FG
 from ..atomic import FolderLock, atomic_write, atomic_write_json, remove_stale_temporaries
 from ..backend import backend_for_device, use_backend
-from ..data import DataError, data_error_line, load_dataset, make_loader
+from ..data import DataError, LoaderBatches, data_error_line, load_dataset, make_loader, user_dataset
 from ..models import build_dcgan
 from ..monitor import ResourceMonitor
 from . import distributed as dist_util
@@ -110,10 +110,16 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
 class Trainer:
     """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
         but for the fields a resumed run may change (``config.RESUMABLE``: steps, out, logging,
-        device, learning rates, ...); those changes are reported through ``log``."""
+        device, learning rates, ...); those changes are reported through ``log``.
+
+        ``dataset``: the training data instead of ``cfg.data`` (which must then be None): a
+        map-style torch Dataset of images or (image, label) tuples, uint8 [0, 255] or float
+        [-1, 1], [C, H, W] (``fastgan.data.user_dataset``: fastgan's step sampler, resize, crop and
+        xflip apply), or a DataLoader, whose batches are taken as they come (``data.LoaderBatches``;
+        cfg's resize / crop / xflip must be off). Pass the same one again to resume."""
         self.log = log
         state, changes = None, {}
         if resume is not None:
@@ -141,8 +147,13 @@ class Trainer:
             raise ValueError("bf16 autocast (amp) is for CUDA devices; use amp=False on the CPU")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS)
-        if cfg.batch_size > len(self.dataset):
+        self.user_loader = None
+        if dataset is None:
+            self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS,
+                                        cfg.resize, cfg.crop, cfg.xflip)
+        else:
+            self.dataset = self._user_data(cfg, dataset)
+        if self.user_loader is None and cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.D = build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
@@ -182,6 +193,19 @@ class Trainer:
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
+
+    def _user_data(self, cfg: TrainConfig, data):
+        """A user's Dataset (wrapped: checked, resized, cropped, flipped) or DataLoader (kept in
+        ``user_loader``; ``dataset`` is its dataset)."""
+        if cfg.data is not None:
+            raise ValueError(f"give the data either as cfg.data ({cfg.data!r}) or as dataset=, not both")
+        if isinstance(data, torch.utils.data.DataLoader):
+            if cfg.resize or cfg.xflip or cfg.crop != "center":
+                raise ValueError("resize, crop and xflip apply to a Dataset, not to a DataLoader's batches: pass "
+                                 "the Dataset (dataset=loader.dataset) or transform in your loader")
+            self.user_loader = data
+            return data.dataset
+        return user_dataset(data, cfg.resolution, cfg.resize, cfg.crop, cfg.xflip, cfg.seed)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -465,8 +489,12 @@ class Trainer:
     def _train(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         start_step = self.step
-        loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
-                             cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
+        if self.user_loader is not None:
+            loader = LoaderBatches(self.user_loader, cfg.batch_size // self.dist.world_size, cfg.resolution,
+                                   skip=start_step * cfg.n_critic)
+        else:
+            loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic, cfg.steps
+                                 * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
         monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
         with _StopOnSignal() as stop:  # the summary too: a repeated Ctrl-C must not cut it short
             with RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
