@@ -22,11 +22,21 @@ print("ok")
 
 
 def _interpreter_works() -> str:
-    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import)."""
+    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import).
+    The probe imports the fastgan that is running (its folder first on PYTHONPATH) from an empty
+    working folder, so that a ``fastgan/`` or ``triton/`` folder in the caller's working folder
+    (``python -c`` puts it first on sys.path) is not what it imports."""
+    import tempfile
+
+    import fastgan
+
     env = dict(os.environ, FASTGAN_BACKEND="interpret", TRITON_INTERPRET="1")
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:
-        r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
-                           text=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix="fastgan-info-") as cwd:
+            r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
+                               text=True, timeout=300, cwd=cwd)
     except Exception as exc:
         return f"no ({type(exc).__name__}: {exc})"
     if r.returncode == 0 and r.stdout.strip().endswith("ok"):
@@ -35,15 +45,55 @@ def _interpreter_works() -> str:
     return f"no ({tail})"
 
 
-def cmd_info(args) -> int:
+def _cpu_name() -> str:
     import platform
 
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        name = None
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+
+
+def _git_commit(folder: str) -> str:
+    """The commit of the git checkout whose top level is ``folder`` ("+ local changes" when its
+    tracked files differ), or "none (not a git checkout)"."""
+    def git(*args):
+        r = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top is None or os.path.realpath(top) != os.path.realpath(folder):
+            return "none (not a git checkout)"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return (git("rev-parse", "HEAD") or "unknown") + (" + local changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "none (git not available)"
+
+
+INFO_ENV = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")  # and every FASTGAN_* variable
+
+
+def info_rows(probe: bool = True) -> list[tuple[str, object]]:
+    """What ``fastgan info`` reports, as (key, value) rows; a value is a string or, for the
+    environment, a dict of the variables that are set."""
+    import platform
+
+    import numpy
+    import PIL
     import torch
 
     import fastgan
     from fastgan import backend, nvml
+    from fastgan.backend import conv_dispatch
 
-    rows = [("fastgan", fastgan.__version__), ("python", platform.python_version()), ("torch", torch.__version__)]
+    package = os.path.dirname(os.path.abspath(fastgan.__file__))
+    rows = [("fastgan", fastgan.__version__), ("fastgan path", package),
+            ("fastgan commit", _git_commit(os.path.dirname(package))),
+            ("python", platform.python_version()), ("os", platform.platform()), ("cpu", _cpu_name()),
+            ("torch", torch.__version__), ("numpy", numpy.__version__), ("Pillow", PIL.__version__)]
     try:
         import triton
 
@@ -63,15 +113,32 @@ def cmd_info(args) -> int:
     rows.append(("driver", nvml.driver_version() or "unknown"))
     forced = backend.forced_backend()
     rows.append(("FASTGAN_BACKEND", os.environ.get("FASTGAN_BACKEND") or "(unset: automatic)"))
+    rows.append(("environment", {k: v for k, v in sorted(os.environ.items())
+                                 if k.startswith("FASTGAN_") or k in INFO_ENV}))
     for dev in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
         try:
             chosen = backend.backend_for(torch.empty(0, device=dev))
         except Exception as exc:
             chosen = f"error: {exc}"
         rows.append((f"backend for {dev} tensors", chosen + (f" (forced: {forced})" if forced else "")))
-    rows.append(("triton interpreter works", _interpreter_works() if not args.no_probe else "not checked"))
+    cache = conv_dispatch.cache_path()
+    rows.append(("conv dispatch cache", cache + ("" if os.path.exists(cache) else " (not written yet)")))
+    rows.append(("triton interpreter works", _interpreter_works() if probe else "not checked"))
+    return rows
+
+
+def cmd_info(args) -> int:
+    import json
+
+    rows = info_rows(probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(dict(rows), indent=2))
+        return 0
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
+        if isinstance(v, dict):
+            v = ", ".join(f"{name}={value}" for name, value in v.items()) or "(none of FASTGAN_*, " + \
+                ", ".join(INFO_ENV) + " set)"
         print(f"{k:<{width}}  {v}")
     return 0
 
@@ -286,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     info.set_defaults(func=cmd_info)
 
     from fastgan.benchmarks.run import add_arguments
