@@ -326,7 +326,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for "
                                     "image folders)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+    add("--tensorboard", action="store_true",
+        help="also log to OUT/tb: scalars, sample grids, the config as hparams (needs tensorboard)")
 
 
 def build_parser() -> argparse.ArgumentParser:

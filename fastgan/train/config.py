@@ -72,7 +72,7 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     progress: bool = True
-    tensorboard: bool = False        # also log scalars to OUT/tb (needs the tensorboard package)
+    tensorboard: bool = False        # also log to OUT/tb: scalars, sample grids, hparams (needs tensorboard)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -86,12 +86,9 @@ def image_format(path: str) -> str:
     return IMAGE_FORMATS[ext]
 
 
-def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] ([N, C, H, W]) as one grid, atomically, in the format of the
-    file name's extension (``image_format``)."""
-    from PIL import Image
-
-    fmt = image_format(path)
+def image_grid(images: torch.Tensor, nrow: int | None = None):
+    """Images in [-1, 1] ([N, C, H, W]) as one uint8 grid image (numpy, [H, W, C]; [H, W] for C 1),
+    ``nrow`` images a row (default: a square), 2 px black borders."""
     images = images.detach().float().cpu().clamp(-1, 1)
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
@@ -101,8 +98,16 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
         r, q = divmod(i, nrow)
         grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = images[i]
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    if c == 1:
-        arr = arr[:, :, 0]
+    return arr[:, :, 0] if c == 1 else arr
+
+
+def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] ([N, C, H, W]) as one grid (``image_grid``), atomically, in the
+    format of the file name's extension (``image_format``)."""
+    from PIL import Image
+
+    fmt = image_format(path)
+    arr = image_grid(images, nrow)
     options = {"quality": 95} if fmt == "JPEG" else {}
     atomic_write(path, lambda f: Image.fromarray(arr).save(f, format=fmt, **options), binary=True)
 
@@ -467,10 +472,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def sample(self, path: str) -> None:
+    def sample(self, path: str) -> torch.Tensor:
+        """Write G_ema's images of the fixed noise as a grid; returns them."""
         with torch.no_grad(), self._ops():
             images = self.G_ema(self.fixed_z.to(self.device))
         save_image_grid(images, path, nrow=8)
+        return images
 
     def train(self) -> dict:
         """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
@@ -531,7 +538,7 @@ class Trainer:
                 monitor.step(cfg.batch_size * cfg.n_critic)
             log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
             if main and (self.step % cfg.sample_every == 0 or last):
-                self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
+                log.samples(self.step, self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png")))
             if self.step % cfg.ckpt_every == 0 or last:
                 log.flush()
                 self._checkpoint()
@@ -605,7 +612,14 @@ class RunLog:
     the statistics arrive a few steps late (``graphs.AsyncStats``: no host sync per step) and the
     step time is the device time between two logged steps. A non-finite statistic sets the
     trainer's ``diverged``. ``log.jsonl`` keeps the records up to the step the run starts from
-    (a resumed run continues its log, a new run starts a new one)."""
+    (a resumed run continues its log, a new run starts a new one).
+
+    ``penalty`` is recorded only as computed: lazy R1 runs on every ``reg_interval``-th D step, so
+    a record carries ``penalty`` and ``penalty_step``, the last step since the previous record
+    whose returned D step (its last) computed it, or no ``penalty`` when none did (nor ever with
+    penalty "none"); TensorBoard plots it at ``penalty_step``. TensorBoard also gets the sample
+    grids (tag "samples", at the sample interval) and, when the run ends, the config as hparams
+    (run "hparams", with the last losses as its metrics)."""
 
     def __init__(self, trainer: "Trainer", start_step: int):
         cfg = trainer.cfg
@@ -629,6 +643,8 @@ class RunLog:
             self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
         self.t_start = self.t_last = time.perf_counter()
         self.step_last = start_step
+        self.held = None  # (step, penalty) of a step that computed it since the last record
+        self.kinds: dict[int, tuple[bool, bool]] = {}  # graph mode: pushed step -> (due, penalty computed)
 
     def __enter__(self):
         return self
@@ -637,22 +653,43 @@ class RunLog:
         if exc[0] is None:
             self.flush()
         self.elapsed = time.perf_counter() - self.t_start
+        if self.tb is not None:
+            last = self.trainer.history[-1] if self.trainer.history else {}
+            self.tb.add_hparams(_hparams(self.cfg), {f"hparam/{k}": last[k] for k in ("d_loss", "g_loss") if k in last},
+                                run_name="hparams")
         for sink in (self.bar, self.tb):
             if sink is not None:
                 sink.close()
         return False
 
+    def _penalty_computed(self) -> bool:
+        """Whether the step just run computed the penalty in the D step whose statistics it returns
+        (its last): WGAN-GP on every D step, lazy R1 on every ``reg_interval``-th."""
+        cfg = self.cfg
+        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and (self.trainer.d_steps - 1) % cfg.reg_interval == 0)
+
     def step(self, step: int, stats: dict, due: bool) -> None:
-        """After each step: advance the progress bar; record the statistics when ``due``."""
+        """After each step: advance the progress bar; record the statistics when ``due``; hold the
+        penalty of a step that computed it for the next record."""
         if self.bar is not None:
             self.bar.update(1)
-        if not due:
+        computed = self._penalty_computed()
+        if not (due or computed):
             return
         if self.pending is None:
-            self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter())  # host sync
+            if due:
+                self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter(), computed=computed)
+            else:
+                self.held = (step, stats["penalty"])  # read at the next record: no host sync now
         else:
+            self.kinds[step] = (due, computed)
             self.pending.push(step, self.trainer.graphs.last_stats)
             self._drain()
+
+    def samples(self, step: int, images: torch.Tensor) -> None:
+        """The sample grid of ``step`` (TensorBoard's "samples" image)."""
+        if self.tb is not None:
+            self.tb.add_image("samples", image_grid(images, nrow=8), step, dataformats="HWC")
 
     def flush(self) -> None:
         self._drain(wait_all=True)
@@ -660,10 +697,21 @@ class RunLog:
     def _drain(self, wait_all: bool = False) -> None:
         if self.pending is not None:
             for step, values, step_ms, t_host in self.pending.ready(wait_all):
-                self._emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
+                values = dict(zip(D_STATS + G_STATS, values))
+                due, computed = self.kinds.pop(step)
+                if due:
+                    self._emit(values, step, t_host, step_ms, computed)
+                else:
+                    self.held = (step, values["penalty"])
 
-    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None) -> None:
+    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None,
+              computed: bool = True) -> None:
         cfg = self.cfg
+        values = dict(values)
+        penalty = values.pop("penalty", None)
+        held, self.held = ((step, penalty) if computed else self.held), None
+        if held is not None:
+            values.update(penalty=float(held[1]), penalty_step=held[0])
         dt = (now - self.t_last) / max(1, step - self.step_last)
         if device_step_ms is not None:
             dt = device_step_ms / 1e3
@@ -680,11 +728,19 @@ class RunLog:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k not in ("step", "penalty", "penalty_step") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+            if "penalty" in rec:
+                self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
                                  img_s=f"{rec['images_per_s']:.0f}")
+
+
+def _hparams(cfg: TrainConfig) -> dict:
+    """The config as TensorBoard hparams (numbers, strings and booleans; anything else as text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in cfg.to_dict().items()}
 
 
 def _record_step(line: str) -> float:
