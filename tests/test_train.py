@@ -337,6 +337,11 @@ def test_penalty_is_logged_only_where_computed_with_sample_images_and_hparams(tm
     assert hp[1]["reg_interval"] == 4 and hp[1]["xflip"] is True and hp[1]["crop"] == "center"
     assert all(isinstance(v, (bool, int, float, str)) for v in hp[1].values())
     assert set(hp[2]) == {"hparam/d_loss", "hparam/g_loss"} and hp[3] == "hparams" and calls[-1] == ("close",)
+    # n_critic 2: R1 on D steps 0 and 4, the first of G steps 1 and 3; their penalty is reported
+    t = Trainer(tiny(tmp_path / "nc", steps=3, n_critic=2, penalty="r1", reg_interval=4, g_width=4, d_width=4))
+    t.train()
+    assert [h.get("penalty_step") for h in t.history] == [1, None, 3]
+    assert all(h["penalty"] > 0 for h in t.history if "penalty" in h)
 
 
 def test_tensorboard_event_file_reads_back(tmp_path):

@@ -340,6 +340,10 @@ class Trainer:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=self.noise)
 
+    def _penalty_due(self) -> bool:
+        """This D step computes the penalty (WGAN-GP: every D step; lazy R1: ``_r1_due``)."""
+        return self.cfg.penalty == "wgan-gp" or self._r1_due()
+
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
@@ -421,16 +425,21 @@ class Trainer:
 
     def train_step(self, reals: list[torch.Tensor]) -> dict:
         """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
-        G step. Returns detached 0-d tensors (no host sync). With CUDA graphs they are views of
-        one fresh vector (not the graphs' static memory), so they may be kept."""
+        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics, but
+        ``penalty`` from the last D step that computed it (lazy R1 may skip the last). With CUDA
+        graphs they are views of one fresh vector (not the graphs' static memory), so they may be
+        kept."""
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
             self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
             stats = self.graphs.train_step(reals)
         else:
+            stats = {}
             for real in reals:
-                stats = self.d_step(self.to_device(real))
+                computed = self._penalty_due()
+                stats = dict(self.d_step(self.to_device(real)), **({} if computed or not stats else
+                                                                    {"penalty": stats["penalty"]}))
             stats.update(self.g_step(reals[0].shape[0]))
         self.step += 1
         return stats
@@ -616,8 +625,8 @@ class RunLog:
 
     ``penalty`` is recorded only as computed: lazy R1 runs on every ``reg_interval``-th D step, so
     a record carries ``penalty`` and ``penalty_step``, the last step since the previous record
-    whose returned D step (its last) computed it, or no ``penalty`` when none did (nor ever with
-    penalty "none"); TensorBoard plots it at ``penalty_step``. TensorBoard also gets the sample
+    one of whose D steps computed it, or no ``penalty`` when none did (nor ever with penalty
+    "none"); TensorBoard plots it at ``penalty_step``. TensorBoard also gets the sample
     grids (tag "samples", at the sample interval) and, when the run ends, the config as hparams
     (run "hparams", with the last losses as its metrics)."""
 
@@ -663,10 +672,11 @@ class RunLog:
         return False
 
     def _penalty_computed(self) -> bool:
-        """Whether the step just run computed the penalty in the D step whose statistics it returns
-        (its last): WGAN-GP on every D step, lazy R1 on every ``reg_interval``-th."""
-        cfg = self.cfg
-        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and (self.trainer.d_steps - 1) % cfg.reg_interval == 0)
+        """Whether one of the step's D steps computed the penalty (WGAN-GP: each; lazy R1: every
+        ``reg_interval``-th D step); ``train_step`` returns that D step's penalty."""
+        cfg, last = self.cfg, self.trainer.d_steps
+        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and any(
+            d % cfg.reg_interval == 0 for d in range(last - cfg.n_critic, last)))
 
     def step(self, step: int, stats: dict, due: bool) -> None:
         """After each step: advance the progress bar; record the statistics when ``due``; hold the
