@@ -184,6 +184,7 @@ class Trainer:
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
+        self._last_penalty = None  # the last penalty a D step computed (d_step's "penalty")
         self.history: list[dict] = []
         self.diverged: str | None = None  # what became non-finite, and at which step
         torch.manual_seed(cfg.seed * 31 + self.dist.rank)
@@ -404,12 +405,17 @@ class Trainer:
         return contextlib.nullcontext() if self.cfg.fused else use_backend("eager")
 
     def d_step(self, real: torch.Tensor) -> dict:
-        """One discriminator update; returns detached scalars (no host sync)."""
+        """One discriminator update; returns detached scalars (no host sync). ``penalty`` is the
+        last one computed (0 before the first): lazy R1 skips most D steps, and the stats of a
+        G step are its last D step's (graph mode keeps it in its stats slot alike)."""
         if self.graphs is not None:
             return self.graphs.d_step(real)
+        computed = self._penalty_due()
         stats = self._d_update(real, self._r1_due())
         self.d_steps += 1
-        return stats
+        if computed or self._last_penalty is None:
+            self._last_penalty = stats["penalty"]
+        return dict(stats, penalty=self._last_penalty)
 
     def g_step(self, n: int) -> dict:
         self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
@@ -425,21 +431,17 @@ class Trainer:
 
     def train_step(self, reals: list[torch.Tensor]) -> dict:
         """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
-        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics, but
-        ``penalty`` from the last D step that computed it (lazy R1 may skip the last). With CUDA
-        graphs they are views of one fresh vector (not the graphs' static memory), so they may be
-        kept."""
+        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics
+        (``d_step``). With CUDA graphs they are views of one fresh vector (not the graphs' static
+        memory), so they may be kept."""
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
             self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
             stats = self.graphs.train_step(reals)
         else:
-            stats = {}
             for real in reals:
-                computed = self._penalty_due()
-                stats = dict(self.d_step(self.to_device(real)), **({} if computed or not stats else
-                                                                    {"penalty": stats["penalty"]}))
+                stats = self.d_step(self.to_device(real))
             stats.update(self.g_step(reals[0].shape[0]))
         self.step += 1
         return stats
