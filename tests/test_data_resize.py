@@ -138,3 +138,16 @@ def test_a_user_dataset_and_dataloader_train_a_step(tmp_path):
     with pytest.raises(DataError, match="drop_last"):
         Trainer(tiny(tmp_path / "bad2", steps=1),
                 dataset=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(imgs), batch_size=5)).train()
+
+
+def test_a_user_dataloader_is_cycled_and_a_resume_skips_the_used_batches():
+    from fastgan.data import LoaderBatches
+
+    imgs = (torch.arange(6).float().view(6, 1, 1, 1) / 6).expand(6, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(imgs), batch_size=2)
+    it = LoaderBatches(loader, 2, 32)
+    straight = [next(it)[0] for _ in range(5)]  # 3 batches an epoch: the 4th and 5th are the first two again
+    assert torch.equal(straight[3], straight[0]) and torch.equal(straight[4], straight[1])
+    resumed = LoaderBatches(loader, 2, 32, skip=2)
+    assert all(torch.equal(next(resumed)[0], straight[i]) for i in (2, 3, 4))
+    assert straight[1].shape == (2, 3, 32, 32) and straight[1][0, 0, 0, 0] == pytest.approx(2 / 6)
