@@ -22,11 +22,21 @@ print("ok")
 
 
 def _interpreter_works() -> str:
-    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import)."""
+    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import).
+    The probe imports the fastgan that is running (its folder first on PYTHONPATH) from an empty
+    working folder, so that a ``fastgan/`` or ``triton/`` folder in the caller's working folder
+    (``python -c`` puts it first on sys.path) is not what it imports."""
+    import tempfile
+
+    import fastgan
+
     env = dict(os.environ, FASTGAN_BACKEND="interpret", TRITON_INTERPRET="1")
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:
-        r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
-                           text=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix="fastgan-info-") as cwd:
+            r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
+                               text=True, timeout=300, cwd=cwd)
     except Exception as exc:
         return f"no ({type(exc).__name__}: {exc})"
     if r.returncode == 0 and r.stdout.strip().endswith("ok"):
@@ -35,15 +45,55 @@ def _interpreter_works() -> str:
     return f"no ({tail})"
 
 
-def cmd_info(args) -> int:
+def _cpu_name() -> str:
     import platform
 
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        name = None
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+
+
+def _git_commit(folder: str) -> str:
+    """The commit of the git checkout whose top level is ``folder`` ("+ local changes" when its
+    tracked files differ), or "none (not a git checkout)"."""
+    def git(*args):
+        r = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top is None or os.path.realpath(top) != os.path.realpath(folder):
+            return "none (not a git checkout)"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return (git("rev-parse", "HEAD") or "unknown") + (" + local changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "none (git not available)"
+
+
+INFO_ENV = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")  # and every FASTGAN_* variable
+
+
+def info_rows(probe: bool = True) -> list[tuple[str, object]]:
+    """What ``fastgan info`` reports, as (key, value) rows; a value is a string or, for the
+    environment, a dict of the variables that are set."""
+    import platform
+
+    import numpy
+    import PIL
     import torch
 
     import fastgan
     from fastgan import backend, nvml
+    from fastgan.backend import conv_dispatch
 
-    rows = [("fastgan", fastgan.__version__), ("python", platform.python_version()), ("torch", torch.__version__)]
+    package = os.path.dirname(os.path.abspath(fastgan.__file__))
+    rows = [("fastgan", fastgan.__version__), ("fastgan path", package),
+            ("fastgan commit", _git_commit(os.path.dirname(package))),
+            ("python", platform.python_version()), ("os", platform.platform()), ("cpu", _cpu_name()),
+            ("torch", torch.__version__), ("numpy", numpy.__version__), ("Pillow", PIL.__version__)]
     try:
         import triton
 
@@ -63,15 +113,32 @@ def cmd_info(args) -> int:
     rows.append(("driver", nvml.driver_version() or "unknown"))
     forced = backend.forced_backend()
     rows.append(("FASTGAN_BACKEND", os.environ.get("FASTGAN_BACKEND") or "(unset: automatic)"))
+    rows.append(("environment", {k: v for k, v in sorted(os.environ.items())
+                                 if k.startswith("FASTGAN_") or k in INFO_ENV}))
     for dev in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
         try:
             chosen = backend.backend_for(torch.empty(0, device=dev))
         except Exception as exc:
             chosen = f"error: {exc}"
         rows.append((f"backend for {dev} tensors", chosen + (f" (forced: {forced})" if forced else "")))
-    rows.append(("triton interpreter works", _interpreter_works() if not args.no_probe else "not checked"))
+    cache = conv_dispatch.cache_path()
+    rows.append(("conv dispatch cache", cache + ("" if os.path.exists(cache) else " (not written yet)")))
+    rows.append(("triton interpreter works", _interpreter_works() if probe else "not checked"))
+    return rows
+
+
+def cmd_info(args) -> int:
+    import json
+
+    rows = info_rows(probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(dict(rows), indent=2))
+        return 0
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
+        if isinstance(v, dict):
+            v = ", ".join(f"{name}={value}" for name, value in v.items()) or "(none of FASTGAN_*, " + \
+                ", ".join(INFO_ENV) + " set)"
         print(f"{k:<{width}}  {v}")
     return 0
 
@@ -211,6 +278,7 @@ def _auto_on_off(value: str):
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
+    from fastgan.data import CROPS
     from fastgan.train.config import DEVICE_DEFAULTS, LOSSES, PENALTIES
 
     d = TrainConfig.defaults()
@@ -221,6 +289,12 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
 
     add("--data", help="folder of PNG/JPEG images or an .npz array (default: the embedded shapes)")
     add("--resolution", type=int, choices=[32, 64], help=f"image size (default: {d['resolution']})")
+    add("--resize", action="store_true", help="resize each image's short side to --resolution (antialiased "
+                                               "bicubic), then crop it square (--crop); for images of any size")
+    add("--crop", choices=list(CROPS), help=f"with --resize: the square kept, the center or a random offset along "
+                                            f"the long side, seeded (default: {d['crop']})")
+    add("--xflip", action="store_true", help="flip each drawn image horizontally with probability 1/2, seeded "
+                                             "(the dataset's size is unchanged)")
     add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
                                   f"{cpu['steps']} on the CPU)")
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")
@@ -252,7 +326,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for "
                                     "image folders)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+    add("--tensorboard", action="store_true",
+        help="also log to OUT/tb: scalars, sample grids, the config as hparams (needs tensorboard)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     info.set_defaults(func=cmd_info)
 
     from fastgan.benchmarks.run import add_arguments

@@ -7,6 +7,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..data import CROPS
+
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
 PENALTIES = ("none", "r1", "wgan-gp")
 DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
@@ -39,6 +41,9 @@ class TrainConfig:
     resolution: int = 32             # 32 or 64
     n_embedded: int = 8192           # images in the embedded dataset
     workers: int | None = None       # DataLoader workers (None: 0 for in-memory data, up to 8 for image folders)
+    resize: bool = False             # resize each image's short side to `resolution` (antialiased bicubic)
+    crop: str = "center"             # after resize: center | random (a seeded offset along the long side)
+    xflip: bool = False              # flip each drawn image horizontally with probability 1/2 (seeded)
     # models
     z_dim: int = 128
     g_width: int | None = None       # None: DEVICE_DEFAULTS (64 on CUDA, 32 on the CPU)
@@ -67,7 +72,7 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     progress: bool = True
-    tensorboard: bool = False        # also log scalars to OUT/tb (needs the tensorboard package)
+    tensorboard: bool = False        # also log to OUT/tb: scalars, sample grids, hparams (needs tensorboard)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -109,6 +114,13 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not (_finite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        for name in ("resize", "xflip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.crop == "random" and not self.resize:
+            raise ValueError("crop 'random' (--crop random) crops after the resize: it needs resize=True (--resize)")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)

@@ -44,7 +44,7 @@ import torch
 from .. import functional as FG
 from ..atomic import FolderLock, atomic_write, atomic_write_json, remove_stale_temporaries
 from ..backend import backend_for_device, use_backend
-from ..data import DataError, data_error_line, load_dataset, make_loader
+from ..data import DataError, LoaderBatches, data_error_line, load_dataset, make_loader, user_dataset
 from ..models import build_dcgan
 from ..monitor import ResourceMonitor
 from . import distributed as dist_util
@@ -86,12 +86,9 @@ def image_format(path: str) -> str:
     return IMAGE_FORMATS[ext]
 
 
-def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] ([N, C, H, W]) as one grid, atomically, in the format of the
-    file name's extension (``image_format``)."""
-    from PIL import Image
-
-    fmt = image_format(path)
+def image_grid(images: torch.Tensor, nrow: int | None = None):
+    """Images in [-1, 1] ([N, C, H, W]) as one uint8 grid image (numpy, [H, W, C]; [H, W] for C 1),
+    ``nrow`` images a row (default: a square), 2 px black borders."""
     images = images.detach().float().cpu().clamp(-1, 1)
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
@@ -101,8 +98,16 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
         r, q = divmod(i, nrow)
         grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = images[i]
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    if c == 1:
-        arr = arr[:, :, 0]
+    return arr[:, :, 0] if c == 1 else arr
+
+
+def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] ([N, C, H, W]) as one grid (``image_grid``), atomically, in the
+    format of the file name's extension (``image_format``)."""
+    from PIL import Image
+
+    fmt = image_format(path)
+    arr = image_grid(images, nrow)
     options = {"quality": 95} if fmt == "JPEG" else {}
     atomic_write(path, lambda f: Image.fromarray(arr).save(f, format=fmt, **options), binary=True)
 
@@ -110,10 +115,16 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
 class Trainer:
     """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
         but for the fields a resumed run may change (``config.RESUMABLE``: steps, out, logging,
-        device, learning rates, ...); those changes are reported through ``log``."""
+        device, learning rates, ...); those changes are reported through ``log``.
+
+        ``dataset``: the training data instead of ``cfg.data`` (which must then be None): a
+        map-style torch Dataset of images or (image, label) tuples, uint8 [0, 255] or float
+        [-1, 1], [C, H, W] (``fastgan.data.user_dataset``: fastgan's step sampler, resize, crop and
+        xflip apply), or a DataLoader, whose batches are taken as they come (``data.LoaderBatches``;
+        cfg's resize / crop / xflip must be off). Pass the same one again to resume."""
         self.log = log
         state, changes = None, {}
         if resume is not None:
@@ -141,8 +152,13 @@ class Trainer:
             raise ValueError("bf16 autocast (amp) is for CUDA devices; use amp=False on the CPU")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS)
-        if cfg.batch_size > len(self.dataset):
+        self.user_loader = None
+        if dataset is None:
+            self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS,
+                                        cfg.resize, cfg.crop, cfg.xflip)
+        else:
+            self.dataset = self._user_data(cfg, dataset)
+        if self.user_loader is None and cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.D = build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
@@ -168,6 +184,7 @@ class Trainer:
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
+        self._last_penalty = None  # the last penalty a D step computed (d_step's "penalty")
         self.history: list[dict] = []
         self.diverged: str | None = None  # what became non-finite, and at which step
         torch.manual_seed(cfg.seed * 31 + self.dist.rank)
@@ -182,6 +199,19 @@ class Trainer:
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
+
+    def _user_data(self, cfg: TrainConfig, data):
+        """A user's Dataset (wrapped: checked, resized, cropped, flipped) or DataLoader (kept in
+        ``user_loader``; ``dataset`` is its dataset)."""
+        if cfg.data is not None:
+            raise ValueError(f"give the data either as cfg.data ({cfg.data!r}) or as dataset=, not both")
+        if isinstance(data, torch.utils.data.DataLoader):
+            if cfg.resize or cfg.xflip or cfg.crop != "center":
+                raise ValueError("resize, crop and xflip apply to a Dataset, not to a DataLoader's batches: pass "
+                                 "the Dataset (dataset=loader.dataset) or transform in your loader")
+            self.user_loader = data
+            return data.dataset
+        return user_dataset(data, cfg.resolution, cfg.resize, cfg.crop, cfg.xflip, cfg.seed)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -311,6 +341,10 @@ class Trainer:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=self.noise)
 
+    def _penalty_due(self) -> bool:
+        """This D step computes the penalty (WGAN-GP: every D step; lazy R1: ``_r1_due``)."""
+        return self.cfg.penalty == "wgan-gp" or self._r1_due()
+
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
@@ -371,12 +405,17 @@ class Trainer:
         return contextlib.nullcontext() if self.cfg.fused else use_backend("eager")
 
     def d_step(self, real: torch.Tensor) -> dict:
-        """One discriminator update; returns detached scalars (no host sync)."""
+        """One discriminator update; returns detached scalars (no host sync). ``penalty`` is the
+        last one computed (0 before the first): lazy R1 skips most D steps, and the stats of a
+        G step are its last D step's (graph mode keeps it in its stats slot alike)."""
         if self.graphs is not None:
             return self.graphs.d_step(real)
+        computed = self._penalty_due()
         stats = self._d_update(real, self._r1_due())
         self.d_steps += 1
-        return stats
+        if computed or self._last_penalty is None:
+            self._last_penalty = stats["penalty"]
+        return dict(stats, penalty=self._last_penalty)
 
     def g_step(self, n: int) -> dict:
         self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
@@ -392,8 +431,9 @@ class Trainer:
 
     def train_step(self, reals: list[torch.Tensor]) -> dict:
         """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
-        G step. Returns detached 0-d tensors (no host sync). With CUDA graphs they are views of
-        one fresh vector (not the graphs' static memory), so they may be kept."""
+        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics
+        (``d_step``). With CUDA graphs they are views of one fresh vector (not the graphs' static
+        memory), so they may be kept."""
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
@@ -443,10 +483,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def sample(self, path: str) -> None:
+    def sample(self, path: str) -> torch.Tensor:
+        """Write G_ema's images of the fixed noise as a grid; returns them."""
         with torch.no_grad(), self._ops():
             images = self.G_ema(self.fixed_z.to(self.device))
         save_image_grid(images, path, nrow=8)
+        return images
 
     def train(self) -> dict:
         """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
@@ -465,8 +507,12 @@ class Trainer:
     def _train(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         start_step = self.step
-        loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
-                             cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
+        if self.user_loader is not None:
+            loader = LoaderBatches(self.user_loader, cfg.batch_size // self.dist.world_size, cfg.resolution,
+                                   skip=start_step * cfg.n_critic)
+        else:
+            loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic, cfg.steps
+                                 * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
         monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
         with _StopOnSignal() as stop:  # the summary too: a repeated Ctrl-C must not cut it short
             with RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
@@ -503,7 +549,7 @@ class Trainer:
                 monitor.step(cfg.batch_size * cfg.n_critic)
             log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
             if main and (self.step % cfg.sample_every == 0 or last):
-                self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
+                log.samples(self.step, self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png")))
             if self.step % cfg.ckpt_every == 0 or last:
                 log.flush()
                 self._checkpoint()
@@ -577,7 +623,14 @@ class RunLog:
     the statistics arrive a few steps late (``graphs.AsyncStats``: no host sync per step) and the
     step time is the device time between two logged steps. A non-finite statistic sets the
     trainer's ``diverged``. ``log.jsonl`` keeps the records up to the step the run starts from
-    (a resumed run continues its log, a new run starts a new one)."""
+    (a resumed run continues its log, a new run starts a new one).
+
+    ``penalty`` is recorded only as computed: lazy R1 runs on every ``reg_interval``-th D step, so
+    a record carries ``penalty`` and ``penalty_step``, the last step since the previous record
+    one of whose D steps computed it, or no ``penalty`` when none did (nor ever with penalty
+    "none"); TensorBoard plots it at ``penalty_step``. TensorBoard also gets the sample
+    grids (tag "samples", at the sample interval) and, when the run ends, the config as hparams
+    (run "hparams", with the last losses as its metrics)."""
 
     def __init__(self, trainer: "Trainer", start_step: int):
         cfg = trainer.cfg
@@ -601,6 +654,8 @@ class RunLog:
             self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
         self.t_start = self.t_last = time.perf_counter()
         self.step_last = start_step
+        self.held = None  # (step, penalty) of a step that computed it since the last record
+        self.kinds: dict[int, tuple[bool, bool]] = {}  # graph mode: pushed step -> (due, penalty computed)
 
     def __enter__(self):
         return self
@@ -609,22 +664,44 @@ class RunLog:
         if exc[0] is None:
             self.flush()
         self.elapsed = time.perf_counter() - self.t_start
+        if self.tb is not None:
+            last = self.trainer.history[-1] if self.trainer.history else {}
+            self.tb.add_hparams(_hparams(self.cfg), {f"hparam/{k}": last[k] for k in ("d_loss", "g_loss") if k in last},
+                                run_name="hparams")
         for sink in (self.bar, self.tb):
             if sink is not None:
                 sink.close()
         return False
 
+    def _penalty_computed(self) -> bool:
+        """Whether one of the step's D steps computed the penalty (WGAN-GP: each; lazy R1: every
+        ``reg_interval``-th D step); ``train_step`` returns that D step's penalty."""
+        cfg, last = self.cfg, self.trainer.d_steps
+        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and any(
+            d % cfg.reg_interval == 0 for d in range(last - cfg.n_critic, last)))
+
     def step(self, step: int, stats: dict, due: bool) -> None:
-        """After each step: advance the progress bar; record the statistics when ``due``."""
+        """After each step: advance the progress bar; record the statistics when ``due``; hold the
+        penalty of a step that computed it for the next record."""
         if self.bar is not None:
             self.bar.update(1)
-        if not due:
+        computed = self._penalty_computed()
+        if not (due or computed):
             return
         if self.pending is None:
-            self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter())  # host sync
+            if due:
+                self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter(), computed=computed)
+            else:
+                self.held = (step, stats["penalty"])  # read at the next record: no host sync now
         else:
+            self.kinds[step] = (due, computed)
             self.pending.push(step, self.trainer.graphs.last_stats)
             self._drain()
+
+    def samples(self, step: int, images: torch.Tensor) -> None:
+        """The sample grid of ``step`` (TensorBoard's "samples" image)."""
+        if self.tb is not None:
+            self.tb.add_image("samples", image_grid(images, nrow=8), step, dataformats="HWC")
 
     def flush(self) -> None:
         self._drain(wait_all=True)
@@ -632,10 +709,21 @@ class RunLog:
     def _drain(self, wait_all: bool = False) -> None:
         if self.pending is not None:
             for step, values, step_ms, t_host in self.pending.ready(wait_all):
-                self._emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
+                values = dict(zip(D_STATS + G_STATS, values))
+                due, computed = self.kinds.pop(step)
+                if due:
+                    self._emit(values, step, t_host, step_ms, computed)
+                else:
+                    self.held = (step, values["penalty"])
 
-    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None) -> None:
+    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None,
+              computed: bool = True) -> None:
         cfg = self.cfg
+        values = dict(values)
+        penalty = values.pop("penalty", None)
+        held, self.held = ((step, penalty) if computed else self.held), None
+        if held is not None:
+            values.update(penalty=float(held[1]), penalty_step=held[0])
         dt = (now - self.t_last) / max(1, step - self.step_last)
         if device_step_ms is not None:
             dt = device_step_ms / 1e3
@@ -652,11 +740,19 @@ class RunLog:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k not in ("step", "penalty", "penalty_step") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+            if "penalty" in rec:
+                self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
                                  img_s=f"{rec['images_per_s']:.0f}")
+
+
+def _hparams(cfg: TrainConfig) -> dict:
+    """The config as TensorBoard hparams (numbers, strings and booleans; anything else as text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in cfg.to_dict().items()}
 
 
 def _record_step(line: str) -> float:
