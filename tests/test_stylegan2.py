@@ -1,0 +1,153 @@
+"""The StyleGAN2 model: the fused network (Triton interpreter) against the same network in plain
+torch (float64 copies, DESIGN.md's float32 bound), state_dict interchange, truncation, style
+mixing, the R1 penalty through the fused D, and clear errors for impossible configurations."""
+import pytest
+import torch
+
+import fastgan
+import fastgan.functional as FG
+from fastgan.models.stylegan2 import build_stylegan2, channels_at, minibatch_stddev
+
+from .utils import assert_close
+
+TINY = dict(resolution=16, z_dim=16, w_dim=16, channel_base=64, channel_max=16, mapping_layers=2)
+
+
+def pair(**kw):
+    """(G, D) fused and (G, D) plain with the fused models' parameters, the plain ones in float64."""
+    cfg = dict(TINY, **kw)
+    Gf, Df = build_stylegan2(**cfg, fused=True)
+    Gp, Dp = build_stylegan2(**cfg, fused=False)
+    Gp.load_state_dict(Gf.state_dict())
+    Dp.load_state_dict(Df.state_dict())
+    return (Gf, Df), (Gp.double(), Dp.double())
+
+
+def test_channel_rule():
+    assert [channels_at(r, 64, 16) for r in (4, 8, 16)] == [16, 8, 4]
+    G, D = build_stylegan2(**TINY, fused=False)
+    assert G.synthesis.b16.conv0.weight.shape == (4, 8, 3, 3) and G.synthesis.b16.conv1.weight.shape == (4, 4, 3, 3)
+    assert G.synthesis.b8.conv0.weight.shape == (8, 16, 3, 3)
+    assert D.b16.conv1.weight.shape == (8, 4, 3, 3) and D.b4.fc.weight.shape == (16, 16 * 16)
+    assert G.num_ws == 6
+
+
+def test_fused_matches_plain_outputs_and_gradients():
+    """G and D with class conditioning (embedding, projection): images, logits and every
+    parameter gradient of sum(D(G(z, c), c) * g), fused float32 against plain float64."""
+    (Gf, Df), (Gp, Dp) = pair(c_dim=3)
+    z, c = torch.randn(2, 16), torch.eye(3)[[0, 2]]
+    g = torch.randn(2)
+    img_f = Gf(z, c, noise_mode="const")
+    logits_f = Df(img_f, c)
+    (logits_f * g).sum().backward()
+    img_p = Gp(z.double(), c.double(), noise_mode="const")
+    logits_p = Dp(img_p, c.double())
+    (logits_p * g.double()).sum().backward()
+    assert img_f.dtype == torch.float32 and img_f.shape == (2, 3, 16, 16)
+    assert_close(img_f, img_p, torch.float32, "images")
+    assert_close(logits_f, logits_p, torch.float32, "logits")
+    for (mf, mp) in ((Gf, Gp), (Df, Dp)):
+        for (name, a), (_, b) in zip(mf.named_parameters(), mp.named_parameters()):
+            assert b.grad is not None and b.grad.abs().sum() > 0, name
+            assert_close(a.grad, b.grad, torch.float32, f"gradient of {name}")
+
+
+def test_r1_through_fused_d_matches_plain():
+    """R1 = gamma / 2 mean ||dD/dx||^2 (double backward through the fused D) and its gradient
+    with respect to D's parameters, against the plain float64 D with the eager penalty."""
+    (_, Df), (_, Dp) = pair()
+    real = torch.randn(4, 3, 16, 16)
+    pen_f = FG.gradient_penalty(Df, real, kind="r1", gamma=2.0)
+    pen_f.backward()
+    with fastgan.use_backend("eager"):
+        pen_p = FG.gradient_penalty(Dp, real.double(), kind="r1", gamma=2.0)
+        pen_p.backward()
+    assert pen_p.item() > 0
+    assert_close(pen_f, pen_p, torch.float32, "R1")
+    for (name, a), (_, b) in zip(Df.named_parameters(), Dp.named_parameters()):
+        if b.grad is None:  # parameters R1 does not reach (none in this D)
+            assert a.grad is None, name
+            continue
+        assert_close(a.grad, b.grad, torch.float32, f"R1 gradient of {name}")
+
+
+def test_state_dicts_load_across():
+    Gf, Df = build_stylegan2(**TINY, c_dim=2, fused=True)
+    Gp, Dp = build_stylegan2(**TINY, c_dim=2, fused=False)
+    for f, p in ((Gf, Gp), (Df, Dp)):
+        sf, sp = f.state_dict(), p.state_dict()
+        assert list(sf) == list(sp)
+        assert all(sf[k].shape == sp[k].shape for k in sf)
+        p.load_state_dict(sf)  # strict, both ways
+        f.load_state_dict(sp)
+    assert "mapping.w_avg" in Gf.state_dict() and "synthesis.b8.conv0.noise_const" in Gf.state_dict()
+    # parameters are equalised-lr: N(0, 1) (the mapping's scaled by 1 / lr_mul), biases zero
+    # but the affine layers' (1)
+    assert Gf.mapping.fc0.weight.std().item() == pytest.approx(100, rel=0.2)
+    assert torch.all(Gf.synthesis.b8.conv0.affine.bias == 1)
+
+
+def test_truncation_and_w_avg():
+    G, _ = build_stylegan2(**TINY, fused=False)
+    z = torch.randn(4, 16)
+    ws = G.mapping(z, update_emas=True)
+    assert torch.allclose(G.mapping.w_avg, (1 - 0.995) * ws[:, 0].mean(0))
+    G.mapping.w_avg.copy_(torch.randn(16))
+    avg = G.mapping.w_avg
+    # psi 0: every sample's ws is w_avg, so every image is the same (const noise)
+    assert torch.allclose(G.mapping(z, truncation_psi=0.0), avg.expand(4, G.num_ws, 16))
+    imgs = G(z, truncation_psi=0.0, noise_mode="const")
+    assert torch.allclose(imgs, imgs[:1].expand_as(imgs), atol=1e-6)
+    # psi 0.5 on the first 2 layers only: w_avg + 0.5 (w - w_avg) there, w elsewhere
+    half = G.mapping(z, truncation_psi=0.5, truncation_cutoff=2)
+    assert torch.allclose(half[:, :2], avg + 0.5 * (ws[:, :2] - avg), atol=1e-6)
+    assert torch.equal(half[:, 2:], ws[:, 2:])
+    assert torch.equal(G.mapping(z, truncation_psi=1.0), ws)
+
+
+def test_style_mixing():
+    G, _ = build_stylegan2(**TINY, fused=False)
+    z1, z2 = torch.randn(2, 16), torch.randn(2, 16)
+    w1, w2 = G.mapping(z1), G.mapping(z2)
+    mixed = G.mix_styles(w1, z2, cutoff=3)
+    assert torch.equal(mixed[:, :3], w1[:, :3]) and torch.equal(mixed[:, 3:], w2[:, 3:])
+    # the coarse layers (b4, b8's first conv) follow z1: changing z2 changes only the fine layers' input
+    a = G.synthesis(mixed, noise_mode="const")
+    b = G.synthesis(G.mix_styles(w1, torch.randn(2, 16), cutoff=3), noise_mode="const")
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="cutoff must be in"):
+        G.mix_styles(w1, z2, cutoff=G.num_ws)
+
+
+def test_minibatch_stddev():
+    x = torch.randn(4, 3, 2, 2)
+    y = minibatch_stddev(x, group_size=2)
+    # groups: samples {0, 2} and {1, 3}; std over the group, averaged over channels and pixels
+    ref = x.reshape(2, 2, 3, 2, 2).std(dim=0, unbiased=False).mean(dim=(1, 2, 3))
+    assert torch.allclose(y[:, 3, 0, 0], ref.repeat(2), atol=1e-6) and torch.equal(y[:, :3], x)
+    with pytest.raises(ValueError, match="divisible"):
+        minibatch_stddev(torch.randn(6, 3, 2, 2), group_size=4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(resolution=24), "power of two"),
+    (dict(resolution=8), "from 16 to 1024"),
+    (dict(resolution=2048), "from 16 to 1024"),
+    (dict(channel_base=8), "channel_base 8 gives 0 channels"),
+    (dict(channel_max=0), "channel_max must be a positive int"),
+    (dict(c_dim=-1), "c_dim must be an int >= 0"),
+])
+def test_bad_configurations_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_stylegan2(**dict(TINY, **kw), fused=False)
+
+
+def test_bad_inputs_are_clear_errors():
+    G, D = build_stylegan2(**TINY, c_dim=2, fused=False)
+    with pytest.raises(ValueError, match=r"z must have shape \[N, 16\]"):
+        G(torch.randn(2, 8), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"c must have shape \[2, 2\]"):
+        G(torch.randn(2, 16))
+    with pytest.raises(ValueError, match=r"images must have shape \[N, 3, 16, 16\]"):
+        D(torch.randn(2, 3, 8, 8), torch.zeros(2, 2))
