@@ -1,6 +1,8 @@
 """The StyleGAN2 model: the fused network (Triton interpreter) against the same network in plain
 torch (float64 copies, DESIGN.md's float32 bound), state_dict interchange, truncation, style
 mixing, the R1 penalty through the fused D, and clear errors for impossible configurations."""
+import math
+
 import pytest
 import torch
 
@@ -9,6 +11,15 @@ import fastgan.functional as FG
 from fastgan.models.stylegan2 import build_stylegan2, channels_at, minibatch_stddev
 
 from .utils import assert_close
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions: one intra-op thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 TINY = dict(resolution=16, z_dim=16, w_dim=16, channel_base=64, channel_max=16, mapping_layers=2)
 
@@ -151,3 +162,74 @@ def test_bad_inputs_are_clear_errors():
         G(torch.randn(2, 16))
     with pytest.raises(ValueError, match=r"images must have shape \[N, 3, 16, 16\]"):
         D(torch.randn(2, 3, 8, 8), torch.zeros(2, 2))
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def sg_config(tmp_path, **kw):
+    from fastgan.train import TrainConfig
+
+    base = dict(model="stylegan2", resolution=16, n_embedded=16, z_dim=16, channel_base=64, channel_max=16,
+                mapping_layers=2, batch_size=4, steps=3, device="cpu", out=str(tmp_path / "run"), progress=False,
+                log_every=1, sample_every=1000, ckpt_every=1000, fused=False, reg_interval=2, pl_interval=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_stylegan2_config_defaults_and_errors(tmp_path):
+    from fastgan.train import TrainConfig
+
+    cfg = TrainConfig(model="stylegan2", resolution=64, batch_size=8, device="cpu")
+    assert (cfg.reg_interval, cfg.lr_g, cfg.betas, cfg.pl_interval, cfg.style_mixing) == (16, 2.5e-3, (0.0, 0.99), 4,
+                                                                                          0.9)
+    assert cfg.effective_gamma == pytest.approx(0.0002 * 64 ** 2 / 8)
+    assert (cfg.channel_base, cfg.channel_max) == (1024, 64)
+    dc = TrainConfig(device="cpu")  # the DCGAN defaults are unchanged
+    assert (dc.model, dc.reg_interval, dc.lr_g, dc.betas, dc.effective_gamma) == ("dcgan", 4, 2e-4, (0.5, 0.999), 1.0)
+    for kw, match in ((dict(resolution=8), "power of two from 16 to 1024"),
+                      (dict(resolution=48), "power of two from 16 to 1024"),
+                      (dict(channel_base=8), "channel_base 8 gives no channels"),
+                      (dict(style_mixing=1.5), "style_mixing must be"),
+                      (dict(model="stylegan3"), "model must be one of")):
+        with pytest.raises(ValueError, match=match):
+            sg_config(tmp_path, **kw)
+
+
+def test_ema_half_life():
+    from fastgan.train.stylegan2 import ema_half_life_beta
+
+    # after ema_kimg * 1000 images in batches, the old weights' share is 1/2
+    beta = ema_half_life_beta(32, 10 ** 9, 10.0, 0.05)
+    assert beta ** (10_000 / 32) == pytest.approx(0.5)
+    assert ema_half_life_beta(32, 0, 10.0, 0.05) == 0.0          # ramp-up: G_ema starts as G
+    assert ema_half_life_beta(32, 20_000, 10.0, 0.05) == pytest.approx(0.5 ** (32 / 1000))
+    assert ema_half_life_beta(32, 0, 10.0, None) == pytest.approx(0.5 ** (32 / 10_000))
+
+
+def test_stylegan2_trains_and_resumes_exactly(tmp_path):
+    """Plain-torch models (the fused ones are compared with them above): 3 steps with lazy R1 and
+    path length (both every 2nd step) give finite, moving losses; a run stopped after step 1
+    and resumed reaches the uninterrupted run's weights, EMA and pl_mean bitwise."""
+    from fastgan.train import Trainer
+    from fastgan.train.stylegan2 import StyleGAN2Trainer
+
+    full = Trainer(sg_config(tmp_path / "a"))
+    assert isinstance(full, StyleGAN2Trainer)
+    summary = full.train()
+    assert summary["status"] == "completed" and len(full.history) == 3
+    for h in full.history:
+        assert all(math.isfinite(h[k]) for k in ("d_loss", "g_loss", "penalty", "pl_penalty")), h
+    assert full.history[0]["penalty"] > 0 and full.history[1]["penalty"] == 0  # lazy R1 (d_steps 0 and 2)
+    assert full.history[0]["pl_penalty"] > 0 and full.history[1]["pl_penalty"] == 0
+    assert full.pl_mean.item() > 0 and torch.any(full.G.mapping.w_avg != 0)
+    assert not torch.equal(full.G_ema.synthesis.b16.torgb.weight, full.G.synthesis.b16.torgb.weight)
+    first = Trainer(sg_config(tmp_path / "b", steps=1))
+    first.train()
+    resumed = Trainer(sg_config(tmp_path / "b"), resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
+    assert resumed.step == 1
+    resumed.train()
+    for name in ("G", "D", "G_ema"):
+        a, b = getattr(full, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert torch.equal(full.pl_mean, resumed.pl_mean)
+    assert [h["g_loss"] for h in full.history[1:]] == [h["g_loss"] for h in resumed.history]

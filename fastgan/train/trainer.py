@@ -108,7 +108,20 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
 
 
 class Trainer:
-    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
+    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``.
+
+    ``Trainer(cfg)`` with ``cfg.model == "stylegan2"`` is a :class:`fastgan.train.stylegan2.StyleGAN2Trainer`
+    (this loop with StyleGAN2's models, style mixing, path length and EMA half-life)."""
+
+    resolutions = RESOLUTIONS      # the image sizes this trainer's models take
+    supports_graphs = True         # the D, D+R1 and G steps can be captured (graphs.TrainerGraphs)
+
+    def __new__(cls, cfg: TrainConfig = None, *args, **kwargs):
+        if cls is Trainer and getattr(cfg, "model", "dcgan") == "stylegan2":
+            from .stylegan2 import StyleGAN2Trainer
+
+            cls = StyleGAN2Trainer
+        return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
@@ -141,11 +154,11 @@ class Trainer:
             raise ValueError("bf16 autocast (amp) is for CUDA devices; use amp=False on the CPU")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS)
+        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, self.resolutions)
         if cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.G, self.D = build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
+        self.G, self.D = self._build_models()
         self.G.to(self.device)
         self.D.to(self.device)
         if self.device.type == "cuda":
@@ -154,7 +167,9 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_graphs = False
         if cfg.cuda_graphs:
-            why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+            why = (graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+                   if self.supports_graphs else f"cuda_graphs: no captured steps for model {cfg.model} yet; "
+                                                "running eager steps")
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -182,6 +197,10 @@ class Trainer:
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
+
+    def _build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        cfg = self.cfg
+        return build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -311,6 +330,14 @@ class Trainer:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=self.noise)
 
+    def _fake(self, n: int) -> torch.Tensor:
+        """n generated images (G's forward on fresh noise from the trainer's generator)."""
+        return self.G(self._z(n))
+
+    def ema_beta(self) -> float:
+        """The EMA decay for the coming G step (``ema.ema_decay_at``)."""
+        return ema_decay_at(self.step, self.cfg.ema_decay)
+
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
@@ -322,7 +349,7 @@ class Trainer:
             n = real.shape[0]
             self.D.requires_grad_(True)
             with torch.no_grad(), self._autocast():
-                fake = self.G(self._z(n))
+                fake = self._fake(n)
             fake = fake.to(real.dtype)
             penalty = torch.zeros((), device=self.device)
             real_logits = None
@@ -354,7 +381,7 @@ class Trainer:
         with self._ops():
             self.D.requires_grad_(False)  # no D weight gradients in the G step
             with self._autocast():
-                fake_logits = self.D(self.G(self._z(n)))
+                fake_logits = self.D(self._fake(n))
             loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
             self.opt_g.zero_grad(set_to_none=set_to_none)
             loss.backward()
@@ -379,7 +406,7 @@ class Trainer:
         return stats
 
     def g_step(self, n: int) -> dict:
-        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
+        self._ema_decay.fill_(self.ema_beta())  # outside any graph
         if self.graphs is not None:
             return self.graphs.g_step(n)
         return self._g_update(n)
@@ -397,7 +424,7 @@ class Trainer:
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
-            self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
+            self._ema_decay.fill_(self.ema_beta())
             stats = self.graphs.train_step(reals)
         else:
             for real in reals:
