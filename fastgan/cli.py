@@ -219,7 +219,7 @@ def _auto_on_off(value: str):
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
-    from fastgan.train.config import (DEVICE_DEFAULTS, LOSSES, MODEL_DEFAULTS, MODELS, PENALTIES,
+    from fastgan.train.config import (AUGMENTS, DEVICE_DEFAULTS, LOSSES, MODEL_DEFAULTS, MODELS, PENALTIES,
                                       STYLEGAN2_DEVICE_DEFAULTS, STYLEGAN2_RESOLUTIONS)
 
     d = TrainConfig.defaults()
@@ -265,6 +265,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                                        f"{d['ema_rampup']})")
     add("--truncation-psi", type=float, help=f"stylegan2: truncation of the sample grids (default: "
                                              f"{d['truncation_psi']})")
+    add("--augment", choices=list(AUGMENTS), help=f"stylegan2: augment D's inputs, diffaug = DiffAugment's color, "
+                                                 f"translation and cutout (default: {d['augment']})")
     add("--plain-torch", dest="fused", action="store_false",
         help="plain torch everywhere: torch modules, losses and penalties (the eager baseline)")
     add("--device", help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")

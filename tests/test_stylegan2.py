@@ -218,7 +218,9 @@ def test_stylegan2_config_defaults_and_errors(tmp_path):
                       (dict(resolution=48), "power of two from 16 to 1024"),
                       (dict(channel_base=8), "channel_base 8 gives no channels"),
                       (dict(style_mixing=1.5), "style_mixing must be"),
-                      (dict(model="stylegan3"), "model must be one of")):
+                      (dict(model="stylegan3"), "model must be one of"),
+                      (dict(penalty="wgan-gp"), "takes penalty r1 or none"),
+                      (dict(model="dcgan", resolution=32, augment="diffaug"), "stylegan2 only")):
         with pytest.raises(ValueError, match=match):
             sg_config(tmp_path, **kw)
 
@@ -235,13 +237,13 @@ def test_ema_half_life():
 
 
 def test_stylegan2_trains_and_resumes_exactly(tmp_path):
-    """Plain-torch models (the fused ones are compared with them above): 3 steps with lazy R1 and
-    path length (both every 2nd step) give finite, moving losses; a run stopped after step 1
-    and resumed reaches the uninterrupted run's weights, EMA and pl_mean bitwise."""
+    """Plain-torch models (the fused ones are compared with them above), DiffAugment on: 3 steps
+    with lazy R1 and path length (both every 2nd step) give finite, moving losses; a run stopped
+    after step 1 and resumed reaches the uninterrupted run's weights, EMA and pl_mean bitwise."""
     from fastgan.train import Trainer
     from fastgan.train.stylegan2 import StyleGAN2Trainer
 
-    full = Trainer(sg_config(tmp_path / "a"))
+    full = Trainer(sg_config(tmp_path / "a", augment="diffaug"))
     assert isinstance(full, StyleGAN2Trainer)
     summary = full.train()
     assert summary["status"] == "completed" and len(full.history) == 3
@@ -251,9 +253,10 @@ def test_stylegan2_trains_and_resumes_exactly(tmp_path):
     assert full.history[0]["pl_penalty"] > 0 and full.history[1]["pl_penalty"] == 0
     assert full.pl_mean.item() > 0 and torch.any(full.G.mapping.w_avg != 0)
     assert not torch.equal(full.G_ema.synthesis.b16.torgb.weight, full.G.synthesis.b16.torgb.weight)
-    first = Trainer(sg_config(tmp_path / "b", steps=1))
+    first = Trainer(sg_config(tmp_path / "b", steps=1, augment="diffaug"))
     first.train()
-    resumed = Trainer(sg_config(tmp_path / "b"), resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
+    resumed = Trainer(sg_config(tmp_path / "b", augment="diffaug"),
+                      resume=str(tmp_path / "b" / "run" / "checkpoint.pt"))
     assert resumed.step == 1
     resumed.train()
     for name in ("G", "D", "G_ema"):
@@ -261,6 +264,9 @@ def test_stylegan2_trains_and_resumes_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert torch.equal(full.pl_mean, resumed.pl_mean)
     assert [h["g_loss"] for h in full.history[1:]] == [h["g_loss"] for h in resumed.history]
+    with torch.no_grad():  # D sees augmented images
+        x = torch.randn(4, 3, 16, 16)
+        assert not torch.allclose(full._disc(x), full.D(x))
 
 
 def test_cli_trains_and_samples_stylegan2(tmp_path, capsys):
@@ -283,3 +289,38 @@ def test_cli_trains_and_samples_stylegan2(tmp_path, capsys):
     assert "channel_base 8 gives no channels at 16x16" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --resolution 8: not a choice
         main(["train", "--model", "stylegan2", "--resolution", "8"])
+
+
+# ----------------------------------------------------------------------------- DiffAugment
+
+def test_diffaug_is_differentiable_twice():
+    from fastgan.train.augment import diff_augment
+
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: diff_augment(t, torch.Generator().manual_seed(3))  # noqa: E731  (the same draw every call)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_diffaug_translation_and_cutout():
+    from fastgan.train.augment import diff_augment
+
+    n, h, w = 16, 16, 16
+    ramp = (torch.arange(h)[:, None] * 100 + torch.arange(w)[None] + 1).float().expand(n, 1, h, w)
+    y = diff_augment(ramp, torch.Generator().manual_seed(0), policy=("translation",))
+    shifts = set()
+    for i in range(n):  # every kept pixel moved by the same (dy, dx), at most 1/8 of the size; zeros elsewhere
+        kept = y[i, 0] != 0
+        d = (y[i, 0] - ramp[i, 0])[kept].unique()
+        assert d.numel() == 1
+        dy, dx = divmod(int(d.item()) + 2 * 100 + 2, 100)
+        dy, dx = dy - 2, dx - 2
+        assert abs(dy) <= 2 and abs(dx) <= 2 and kept.sum() == (h - abs(dy)) * (w - abs(dx))
+        shifts.add((dy, dx))
+    assert len(shifts) > 4
+    y = diff_augment(torch.ones(n, 3, h, w), torch.Generator().manual_seed(0), policy=("cutout",))
+    holes = (y[:, 0] == 0).sum(dim=(1, 2))
+    assert torch.all(holes <= 8 * 8) and torch.any(holes == 8 * 8) and torch.all(holes > 0)
+    assert torch.equal(y[:, 0], y[:, 2])  # one hole through every channel
+    with pytest.raises(ValueError, match="unknown DiffAugment transform"):
+        diff_augment(ramp, policy=("flip",))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 MODELS = ("dcgan", "stylegan2")
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
+AUGMENTS = ("none", "diffaug")  # D's input augmentation (fastgan.train.augment)
 PENALTIES = ("none", "r1", "wgan-gp")
 DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
 # the defaults that depend on the device (fields left None): a run a CPU finishes in minutes
@@ -92,6 +93,7 @@ class TrainConfig:
     ema_kimg: float = 10.0           # G_ema's half-life in thousands of images
     ema_rampup: float | None = 0.05  # half-life at most rampup * images seen (None: no ramp-up)
     truncation_psi: float = 1.0      # truncation of the sample grids (1: none)
+    augment: str = "none"            # none | diffaug (D's inputs: color, translation, cutout; stylegan2)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -128,7 +130,13 @@ class TrainConfig:
         for name in ("n_embedded", "z_dim", "g_width", "d_width", "reg_interval", "n_critic", "batch_size",
                      "steps", "sample_every", "ckpt_every", "log_every"):
             positive_int(name)
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.augment != "none" and self.model != "stylegan2":
+            raise ValueError(f"augment {self.augment!r} is implemented for model stylegan2 only")
         if self.model == "stylegan2":
+            if self.penalty not in ("r1", "none"):
+                raise ValueError(f"model stylegan2 takes penalty r1 or none, got {self.penalty!r}")
             for name in ("channel_base", "channel_max", "mapping_layers", "pl_interval", "pl_batch_shrink"):
                 positive_int(name)
             if self.resolution not in STYLEGAN2_RESOLUTIONS:

@@ -15,6 +15,8 @@ Per iteration (one optimiser step per network, the regularisers added to its los
   w_avg (the mapping network's, for truncation) follows the D step's latents.
   EMA: G_ema <- beta G_ema + (1 - beta) G, beta = 0.5 ** (batch / h), the half-life
   h = ema_kimg * 1000 images, ramped up as h = min(h, images_seen * ema_rampup).
+Augmentation (``augment="diffaug"``): D sees ``augment.diff_augment`` of every real and fake
+batch (G's loss included); R1 is taken through it.
 Precision: with ``amp`` (CUDA) the top 4 resolutions of G and D run in bfloat16 with the conv
 clamp 256 (the models do it per block; no autocast). No CUDA graphs for these steps yet.
 """
@@ -29,6 +31,7 @@ from .. import functional as FG
 from ..functional.gradfix import no_weight_gradients
 from ..models.stylegan2 import build_stylegan2
 from . import distributed as dist_util
+from .augment import diff_augment
 from .config import STYLEGAN2_RESOLUTIONS
 from .ema import ema_update_
 from .trainer import Trainer, save_image_grid
@@ -101,12 +104,40 @@ class StyleGAN2Trainer(Trainer):
 
     # ------------------------------------------------------------------ steps
 
+    def _disc(self, x: torch.Tensor) -> torch.Tensor:
+        """D on (augmented, with ``augment="diffaug"``) images."""
+        if self.cfg.augment == "diffaug":
+            x = diff_augment(x, self.noise)
+        return self.D(x)
+
     def _d_update(self, real, r1, set_to_none=True):
-        self._update_w_avg = True  # w_avg follows the latents of the D step
-        try:
-            return super()._d_update(real, r1, set_to_none)
-        finally:
-            self._update_w_avg = False
+        cfg = self.cfg
+        with self._ops():
+            n = real.shape[0]
+            self.D.requires_grad_(True)
+            self._update_w_avg = True  # w_avg follows the latents of the D step
+            try:
+                with torch.no_grad():
+                    fake = self._fake(n).to(real.dtype)
+            finally:
+                self._update_w_avg = False
+            penalty = torch.zeros((), device=self.device)
+            if r1:  # through the augmentation: the gradient is with respect to the un-augmented image
+                gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
+                penalty, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=gamma,
+                                                           return_logits=True)
+            else:
+                real_logits = self._disc(real)
+            fake_logits = self._disc(fake)
+            loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
+            self.opt_d.zero_grad(set_to_none=set_to_none)
+            (loss + penalty).backward()
+            dist_util.average_gradients_(self.D.parameters(), self.dist)
+            self.opt_d.step()
+            with torch.no_grad():
+                acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
+            return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
+                    "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
 
     def _pl_due(self) -> bool:
         return self.cfg.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
@@ -115,7 +146,7 @@ class StyleGAN2Trainer(Trainer):
         cfg = self.cfg
         with self._ops():
             self.D.requires_grad_(False)
-            fake_logits = self.D(self._fake(n))
+            fake_logits = self._disc(self._fake(n))
             loss = FG.g_loss(fake_logits.float(), kind=cfg.loss)
             pl = torch.zeros((), device=self.device)
             total = loss
