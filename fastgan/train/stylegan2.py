@@ -178,3 +178,6 @@ class StyleGAN2Trainer(Trainer):
             images = self.G_ema(self.fixed_z.to(self.device), truncation_psi=self.cfg.truncation_psi,
                                 noise_mode="const")
         save_image_grid(images, path, nrow=8)
+
+
+Trainer.model_trainers["stylegan2"] = StyleGAN2Trainer

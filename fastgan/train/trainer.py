@@ -115,12 +115,15 @@ class Trainer:
 
     resolutions = RESOLUTIONS      # the image sizes this trainer's models take
     supports_graphs = True         # the D, D+R1 and G steps can be captured (graphs.TrainerGraphs)
+    # model name -> its Trainer subclass (registered by fastgan.train.stylegan2, imported by fastgan.train)
+    model_trainers: dict = {}
 
     def __new__(cls, cfg: TrainConfig = None, *args, **kwargs):
-        if cls is Trainer and getattr(cfg, "model", "dcgan") == "stylegan2":
-            from .stylegan2 import StyleGAN2Trainer
-
-            cls = StyleGAN2Trainer
+        model = getattr(cfg, "model", "dcgan")
+        if cls is Trainer and model != "dcgan":
+            if model not in cls.model_trainers:
+                raise ValueError(f"no trainer registered for model {model!r} (import fastgan.train)")
+            cls = cls.model_trainers[model]
         return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
