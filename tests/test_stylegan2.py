@@ -10,7 +10,7 @@ import fastgan
 import fastgan.functional as FG
 from fastgan.models.stylegan2 import build_stylegan2, channels_at, minibatch_stddev
 
-from .utils import assert_close
+from .utils import TOL, assert_close, rel_err
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -109,6 +109,31 @@ def test_path_length_double_backward_matches_plain():
         reached += 1
         assert_close(gf[name], ref, torch.float32, f"path-length gradient of {name}")
     assert reached >= len(gp) - 3
+
+
+def test_bf16_top_resolutions(monkeypatch):
+    """num_bf16_res=2: G's 8 and 16 blocks and D's 16 and 8 blocks in bfloat16 (on CUDA; here the
+    device rule is widened to the CPU so that the interpreter runs the bf16 kernels); the outputs
+    stay float32 and near the float64 network (a whole network of bf16 ops: 2.5x the one-op bound)."""
+    import fastgan.models.stylegan2 as sg
+
+    (Gf, Df), (Gp, Dp) = pair(num_bf16_res=2)
+    assert [Gf.synthesis.b4.use_bf16, Gf.synthesis.b8.use_bf16, Df.b16.use_bf16] == [False, True, True]
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        img_p = Gp(z.double(), noise_mode="const")
+        logits_p = Dp(img_p)
+        monkeypatch.setattr(sg, "BF16_DEVICES", ("cuda", "cpu"))
+        img = Gf(z, noise_mode="const")
+        logits = Df(img)
+    assert img.dtype == logits.dtype == torch.float32
+    assert_close(img, img_p, torch.bfloat16, "bf16 images", tol=2.5 * TOL[torch.bfloat16])
+    assert_close(logits, logits_p, torch.bfloat16, "bf16 logits", tol=5 * TOL[torch.bfloat16])
+    monkeypatch.setattr(sg, "BF16_DEVICES", ("cuda",))  # off CUDA the flag changes nothing
+    with torch.no_grad():
+        img32 = Gf(z, noise_mode="const")
+    assert_close(img32, img_p, torch.float32, "float32 images")
+    assert rel_err(img, img32) > 1e-4, "the bf16 blocks did not run in bf16"
 
 
 def test_state_dicts_load_across():

@@ -48,6 +48,7 @@ __all__ = ["MappingNetwork", "SynthesisNetwork", "Generator", "Discriminator", "
            "FIR_TAPS"]
 
 FIR_TAPS = [1, 3, 3, 1]
+BF16_DEVICES = ("cuda",)  # where the num_bf16_res top resolutions run in bfloat16
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
 
@@ -274,7 +275,7 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if resolution == 4 else 2
 
     def forward(self, x, img, ws, noise_mode="random", generator=None):
-        dtype = torch.bfloat16 if self.use_bf16 and ws.device.type == "cuda" else ws.dtype
+        dtype = torch.bfloat16 if self.use_bf16 and ws.device.type in BF16_DEVICES else ws.dtype
         if self.resolution == 4:
             x = self.const.to(dtype)[None].expand(ws.shape[0], -1, -1, -1)
         else:
@@ -409,7 +410,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(ctmp, cout, 1, act="linear", down=2, bias=False, gain=math.sqrt(0.5), fused=fused)
 
     def forward(self, x, img):
-        dtype = torch.bfloat16 if self.use_bf16 and img.device.type == "cuda" else img.dtype
+        dtype = torch.bfloat16 if self.use_bf16 and img.device.type in BF16_DEVICES else img.dtype
         if self.first:
             x = self.fromrgb(img.to(dtype))
         x = x.to(dtype)
