@@ -274,6 +274,7 @@ def test_stylegan2_trains_and_resumes_exactly(tmp_path):
     assert summary["status"] == "completed" and len(full.history) == 3
     for h in full.history:
         assert all(math.isfinite(h[k]) for k in ("d_loss", "g_loss", "penalty", "pl_penalty")), h
+    assert [h["kimg"] for h in full.history] == [0.004, 0.008, 0.012] and full.history[-1]["s_per_kimg"] > 0
     assert full.history[0]["penalty"] > 0 and full.history[1]["penalty"] == 0  # lazy R1 (d_steps 0 and 2)
     assert full.history[0]["pl_penalty"] > 0 and full.history[1]["pl_penalty"] == 0
     assert full.pl_mean.item() > 0 and torch.any(full.G.mapping.w_avg != 0)

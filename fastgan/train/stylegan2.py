@@ -70,6 +70,17 @@ class StyleGAN2Trainer(Trainer):
         return ema_half_life_beta(cfg.batch_size, self.step * cfg.batch_size * cfg.n_critic, cfg.ema_kimg,
                                   cfg.ema_rampup)
 
+    def log_fields(self, step: int, step_s: float) -> dict:
+        """kimg (thousands of real images shown to D) and seconds per kimg of the last steps."""
+        per_step = self.cfg.batch_size * self.cfg.n_critic
+        return {"kimg": step * per_step / 1000, "s_per_kimg": step_s * 1000 / per_step if step_s > 0 else None}
+
+    def progress_fields(self, rec: dict) -> dict:
+        out = {"kimg": f"{rec['kimg']:.3f}", "r1": f"{rec['penalty']:.3g}", "pl": f"{rec['pl_penalty']:.3g}"}
+        if rec.get("s_per_kimg") is not None:
+            out["s_kimg"] = f"{rec['s_per_kimg']:.1f}"
+        return out
+
     # ------------------------------------------------------------------ generation
 
     def _ws(self, n: int) -> torch.Tensor:

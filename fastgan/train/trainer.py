@@ -341,6 +341,14 @@ class Trainer:
         """The EMA decay for the coming G step (``ema.ema_decay_at``)."""
         return ema_decay_at(self.step, self.cfg.ema_decay)
 
+    def log_fields(self, step: int, step_s: float) -> dict:
+        """Extra fields of a log record (a model's trainer adds its own)."""
+        return {}
+
+    def progress_fields(self, rec: dict) -> dict:
+        """Extra fields of the progress bar, from a log record."""
+        return {}
+
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
@@ -670,7 +678,8 @@ class RunLog:
         if device_step_ms is not None:
             dt = device_step_ms / 1e3
         rec = dict(values, step=step, step_ms=dt * 1e3,
-                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start)
+                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start,
+                   **self.trainer.log_fields(step, dt))
         self.t_last, self.step_last = now, step
         self.trainer.history.append(rec)
         bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
@@ -686,7 +695,7 @@ class RunLog:
                     self.tb.add_scalar(k, v, step)
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                 img_s=f"{rec['images_per_s']:.0f}")
+                                 img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec))
 
 
 def _record_step(line: str) -> float:
