@@ -244,7 +244,8 @@ def test_stylegan2_config_defaults_and_errors(tmp_path):
                       (dict(channel_base=8), "channel_base 8 gives no channels"),
                       (dict(style_mixing=1.5), "style_mixing must be"),
                       (dict(model="stylegan3"), "model must be one of"),
-                      (dict(penalty="wgan-gp"), "takes penalty r1 or none"),
+                      (dict(penalty="wgan-gp"), "takes penalty r1, r1\\+r2 or none"),
+                      (dict(model="dcgan", resolution=32, penalty="r1+r2"), "stylegan2 only"),
                       (dict(model="dcgan", resolution=32, augment="diffaug"), "stylegan2 only")):
         with pytest.raises(ValueError, match=match):
             sg_config(tmp_path, **kw)
@@ -350,3 +351,21 @@ def test_diffaug_translation_and_cutout():
     assert torch.equal(y[:, 0], y[:, 2])  # one hole through every channel
     with pytest.raises(ValueError, match="unknown DiffAugment transform"):
         diff_augment(ramp, policy=("flip",))
+
+
+def test_r1_plus_r2_on_every_step(tmp_path):
+    """--penalty r1+r2: both penalties on every D step (each larger than zero), whose sum is what
+    the two gradient penalties give on the same D, batches and augmentation draw."""
+    from fastgan.train import Trainer
+
+    t = Trainer(sg_config(tmp_path, penalty="r1+r2", steps=2, pl_weight=0.0))
+    assert t.cfg.effective_gamma == pytest.approx(0.0002 * 16 ** 2 / 4)
+    real = next(iter(torch.utils.data.DataLoader(t.dataset, batch_size=4)))[0]
+    state = t.noise.get_state()
+    fake = t._fake(4).detach()
+    expected = sum(FG.gradient_penalty(t.D, real, fake, kind=k, gamma=t.cfg.effective_gamma).item()
+                   for k in ("r1", "r2"))
+    t.noise.set_state(state)
+    stats = [t._d_update(real, r1=False) for _ in range(2)]
+    assert stats[0]["penalty"].item() == pytest.approx(expected, rel=1e-6)
+    assert stats[1]["penalty"].item() > 0

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 MODELS = ("dcgan", "stylegan2")
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
 AUGMENTS = ("none", "diffaug")  # D's input augmentation (fastgan.train.augment)
-PENALTIES = ("none", "r1", "wgan-gp")
-DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0}
+PENALTIES = ("none", "r1", "wgan-gp", "r1+r2")  # r1+r2: R1 and R2 on every D step (R3GAN; stylegan2 only)
+DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0, "r1+r2": 1.0}
 # the defaults that depend on the device (fields left None): a run a CPU finishes in minutes
 DEVICE_DEFAULTS = {"cuda": {"g_width": 64, "d_width": 64, "steps": 10000},
                    "cpu": {"g_width": 32, "d_width": 32, "steps": 1500}}
@@ -117,7 +117,7 @@ class TrainConfig:
         """gamma, or its default: for stylegan2's R1 NVlabs' heuristic 0.0002 * resolution^2 / batch_size."""
         if self.gamma is not None:
             return self.gamma
-        if self.model == "stylegan2" and self.penalty == "r1":
+        if self.model == "stylegan2" and self.penalty in ("r1", "r1+r2"):
             return 0.0002 * self.resolution ** 2 / self.batch_size
         return DEFAULT_GAMMA[self.penalty]
 
@@ -134,9 +134,11 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.augment != "none" and self.model != "stylegan2":
             raise ValueError(f"augment {self.augment!r} is implemented for model stylegan2 only")
+        if self.penalty == "r1+r2" and self.model != "stylegan2":
+            raise ValueError("penalty r1+r2 is implemented for model stylegan2 only")
         if self.model == "stylegan2":
-            if self.penalty not in ("r1", "none"):
-                raise ValueError(f"model stylegan2 takes penalty r1 or none, got {self.penalty!r}")
+            if self.penalty not in ("r1", "r1+r2", "none"):
+                raise ValueError(f"model stylegan2 takes penalty r1, r1+r2 or none, got {self.penalty!r}")
             for name in ("channel_base", "channel_max", "mapping_layers", "pl_interval", "pl_batch_shrink"):
                 positive_int(name)
             if self.resolution not in STYLEGAN2_RESOLUTIONS:

@@ -4,6 +4,8 @@ Per iteration (one optimiser step per network, the regularisers added to its los
   D step: loss = softplus(D(fake)) + softplus(-D(real))   (non-saturating logistic, ``loss="ns"``)
           + every ``reg_interval``-th (16) D step: R1 = gamma * interval / 2 * mean ||dD(real)/dreal||^2,
           gamma by default 0.0002 * R^2 / batch (NVlabs' heuristic); D runs once on the real batch.
+          ``penalty="r1+r2"`` (the R3GAN recipe): R1 + R2 (the same on the fake batch) on every D step,
+          each pass's logits reused for the loss.
   G step: loss = softplus(-D(G(z)))
           + every ``pl_interval``-th (4) G step: the path-length penalty on batch // pl_batch_shrink samples,
             weight pl_weight * pl_interval:
@@ -133,13 +135,21 @@ class StyleGAN2Trainer(Trainer):
             finally:
                 self._update_w_avg = False
             penalty = torch.zeros((), device=self.device)
-            if r1:  # through the augmentation: the gradient is with respect to the un-augmented image
+            fake_logits = None
+            if cfg.penalty == "r1+r2":  # every step: R1 on the real batch, R2 on the fake one
+                r1_term, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=cfg.effective_gamma,
+                                                           return_logits=True)
+                r2_term, fake_logits = FG.gradient_penalty(self._disc, real, fake, kind="r2",
+                                                           gamma=cfg.effective_gamma, return_logits=True)
+                penalty = r1_term + r2_term
+            elif r1:  # through the augmentation: the gradient is with respect to the un-augmented image
                 gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
                 penalty, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=gamma,
                                                            return_logits=True)
             else:
                 real_logits = self._disc(real)
-            fake_logits = self._disc(fake)
+            if fake_logits is None:
+                fake_logits = self._disc(fake)
             loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
             self.opt_d.zero_grad(set_to_none=set_to_none)
             (loss + penalty).backward()
