@@ -243,6 +243,7 @@ def test_stylegan2_config_defaults_and_errors(tmp_path):
                       (dict(resolution=48), "power of two from 16 to 1024"),
                       (dict(channel_base=8), "channel_base 8 gives no channels"),
                       (dict(style_mixing=1.5), "style_mixing must be"),
+                      (dict(batch_size=6), "multiple of 4"),
                       (dict(model="stylegan3"), "model must be one of"),
                       (dict(penalty="wgan-gp"), "takes penalty r1, r1\\+r2 or none"),
                       (dict(model="dcgan", resolution=32, penalty="r1+r2"), "stylegan2 only"),

@@ -144,6 +144,9 @@ class TrainConfig:
             if self.resolution not in STYLEGAN2_RESOLUTIONS:
                 raise ValueError(f"resolution must be a power of two from 16 to 1024 for model stylegan2, got "
                                  f"{self.resolution!r}")
+            if self.batch_size % min(4, self.batch_size):
+                raise ValueError(f"batch_size {self.batch_size}: stylegan2's D takes the minibatch standard deviation "
+                                 f"over groups of 4 images, so the batch size must be a multiple of 4 (or below 4)")
             if self.channel_base // self.resolution < 1:
                 raise ValueError(f"channel_base {self.channel_base} gives no channels at {self.resolution}x"
                                  f"{self.resolution} (min(channel_base // r, channel_max)); it must be at least "
