@@ -202,7 +202,11 @@ def cmd_train(args) -> int:
         c = trainer.cfg
         if trainer.dist.is_main:
             note = getattr(trainer.dataset, "note", None)
-            print(f"fastgan train: {c.resolution}x{c.resolution} DCGAN (G width {c.g_width}, D width {c.d_width}, "
+            model = (f"StyleGAN2 (channel_base {c.channel_base}, channel_max {c.channel_max}, z/w {c.z_dim}, "
+                     f"path length {c.pl_weight} every {c.pl_interval}, style mixing {c.style_mixing}, EMA half-life "
+                     f"{c.ema_kimg} kimg" if c.model == "stylegan2" else
+                     f"DCGAN (G width {c.g_width}, D width {c.d_width}")
+            print(f"fastgan train: {c.resolution}x{c.resolution} {model}, "
                   f"{'fastgan modules' if c.fused else 'plain torch modules'}), loss {c.loss}, penalty {c.penalty}"
                   f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
@@ -238,7 +242,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from fastgan.atomic import check_writable, write_error
-    from fastgan.models import Generator
+    from fastgan.models import Generator, build_stylegan2
     from fastgan.train import CheckpointError, TrainConfig, load_checkpoint, save_image_grid
     from fastgan.train.trainer import image_format
 
@@ -254,14 +258,18 @@ def cmd_sample(args) -> int:
     try:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
-        G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
+        if cfg.model == "stylegan2":
+            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
+                                cfg.mapping_layers, fused=cfg.fused)[0]
+        else:
+            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
         G.load_state_dict(state["G" if args.no_ema else "G_ema"])
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     G.eval()
     z = torch.randn(args.n, cfg.z_dim, generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
-        images = G(z)
+        images = G(z, truncation_psi=args.truncation_psi, noise_mode="const") if cfg.model == "stylegan2" else G(z)
     save_image_grid(images, args.out)
     print(f"wrote {args.n} samples from step {state['step']} to {args.out}")
     return 0
@@ -279,16 +287,21 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
     from fastgan.data import CROPS
-    from fastgan.train.config import DEVICE_DEFAULTS, LOSSES, PENALTIES
+    from fastgan.train.config import (AUGMENTS, DEVICE_DEFAULTS, LOSSES, MODEL_DEFAULTS, MODELS, PENALTIES,
+                                      STYLEGAN2_DEVICE_DEFAULTS, STYLEGAN2_RESOLUTIONS)
 
     d = TrainConfig.defaults()
     cpu, cuda = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+    dc, sg = MODEL_DEFAULTS["dcgan"], MODEL_DEFAULTS["stylegan2"]
+    sg_cpu, sg_cuda = STYLEGAN2_DEVICE_DEFAULTS["cpu"], STYLEGAN2_DEVICE_DEFAULTS["cuda"]
 
     def add(*flags, help, **kw):
         train.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kw)
 
     add("--data", help="folder of PNG/JPEG images or an .npz array (default: the embedded shapes)")
-    add("--resolution", type=int, choices=[32, 64], help=f"image size (default: {d['resolution']})")
+    add("--model", choices=list(MODELS), help=f"architecture and recipe (default: {d['model']})")
+    add("--resolution", type=int, choices=sorted({32, 64, *STYLEGAN2_RESOLUTIONS}),
+        help=f"image size: dcgan 32 or 64, stylegan2 a power of two from 16 to 1024 (default: {d['resolution']})")
     add("--resize", action="store_true", help="resize each image's short side to --resolution (antialiased "
                                                "bicubic), then crop it square (--crop); for images of any size")
     add("--crop", choices=list(CROPS), help=f"with --resize: the square kept, the center or a random offset along "
@@ -300,20 +313,40 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")
     add("--loss", choices=list(LOSSES), help=f"GAN loss (default: {d['loss']})")
     add("--penalty", choices=list(PENALTIES), help=f"gradient penalty on D (default: {d['penalty']})")
-    add("--gamma", type=float, help="penalty weight (default: r1 1.0, wgan-gp 10)")
-    add("--reg-interval", type=int, help=f"lazy R1: penalise every k-th D step with gamma*k (default: "
-                                         f"{d['reg_interval']})")
+    add("--gamma", type=float, help="penalty weight (default: r1 1.0, wgan-gp 10; stylegan2 r1: "
+                                    "0.0002 * resolution^2 / batch size)")
+    add("--reg-interval", type=int, help=f"lazy R1: penalise every k-th D step with gamma*k (default: dcgan "
+                                         f"{dc['reg_interval']}, stylegan2 {sg['reg_interval']})")
     add("--n-critic", type=int, help=f"D steps per G step (default: {d['n_critic']})")
-    add("--lr", type=float, help=f"Adam learning rate of G and D (default: {d['lr_g']})")
-    add("--betas", type=float, nargs=2, help="Adam betas (default: 0.5 0.999; 0.0 0.9 with wgan / wgan-gp)")
+    add("--lr", type=float, help=f"Adam learning rate of G and D (default: dcgan {dc['lr_g']}, stylegan2 "
+                                 f"{sg['lr_g']})")
+    add("--betas", type=float, nargs=2, help="Adam betas (default: 0.5 0.999; 0.0 0.9 with wgan / wgan-gp; "
+                                             "stylegan2 0.0 0.99)")
     add("--width", type=int, help=f"base channel width of G and D (default: {cuda['g_width']} on CUDA, "
                                   f"{cpu['g_width']} on the CPU)")
-    add("--z-dim", type=int, help=f"latent size (default: {d['z_dim']})")
+    add("--z-dim", type=int, help=f"latent size (stylegan2: z and w) (default: {d['z_dim']})")
+    add("--channel-base", type=int, help=f"stylegan2: channels at resolution r are min(channel_base // r, "
+                                         f"channel_max) (default: {sg_cuda['channel_base']} on CUDA, "
+                                         f"{sg_cpu['channel_base']} on the CPU)")
+    add("--channel-max", type=int, help=f"stylegan2 (default: {sg_cuda['channel_max']} on CUDA, "
+                                        f"{sg_cpu['channel_max']} on the CPU)")
+    add("--mapping-layers", type=int, help=f"stylegan2: mapping network depth (default: {d['mapping_layers']})")
+    add("--style-mixing", type=float, help=f"stylegan2: style-mixing probability (default: {d['style_mixing']})")
+    add("--pl-weight", type=float, help=f"stylegan2: path-length weight, 0 off (default: {d['pl_weight']})")
+    add("--pl-interval", type=int, help=f"stylegan2: lazy path length every k-th G step (default: "
+                                        f"{d['pl_interval']})")
+    add("--ema-kimg", type=float, help=f"stylegan2: G_ema half-life in kimg (default: {d['ema_kimg']}, ramp-up "
+                                       f"{d['ema_rampup']})")
+    add("--truncation-psi", type=float, help=f"stylegan2: truncation of the sample grids (default: "
+                                             f"{d['truncation_psi']})")
+    add("--augment", choices=list(AUGMENTS), help=f"stylegan2: augment D's inputs, diffaug = DiffAugment's color, "
+                                                 f"translation and cutout (default: {d['augment']})")
     add("--plain-torch", dest="fused", action="store_false",
         help="plain torch everywhere: torch modules, losses and penalties (the eager baseline)")
     add("--device", help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")
     add("--amp", type=_auto_on_off, metavar="{auto,on,off}",
-        help="bf16 autocast (default: auto, i.e. on for CUDA)")
+        help="bf16 autocast; stylegan2: bf16 in the top 4 resolutions with conv clamp 256 (default: auto, i.e. on "
+             "for CUDA)")
     add("--cuda-graphs", action="store_true",
         help="capture the D and G steps (gradient penalty included) in CUDA graphs; CUDA, one process")
     add("--seed", type=int, help=f"random seed; runs are deterministic on the CPU (default: {d['seed']})")
@@ -336,10 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser(
-        "train", help="train a DCGAN (default: on the embedded shapes dataset)",
+        "train", help="train a DCGAN or a StyleGAN2 (default: a DCGAN on the embedded shapes dataset)",
         description="Train a DCGAN with fastgan's fused ops. Defaults: the embedded shapes dataset at 32x32, "
                     "the non-saturating loss with lazy R1, batch 64; 1500 steps of a width-32 model on the CPU "
-                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU.")
+                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU. "
+                    "--model stylegan2 --resolution R: StyleGAN2 with lazy R1, path length, style mixing and an "
+                    "EMA half-life.")
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
@@ -350,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="image file to write (.png, .jpg, .webp or .bmp)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    sample.add_argument("--truncation-psi", type=float, default=1.0,
+                        help="stylegan2: w <- w_avg + psi (w - w_avg) (default: 1.0, none)")
     sample.set_defaults(func=cmd_sample)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")

@@ -113,7 +113,23 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
 
 
 class Trainer:
-    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
+    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``.
+
+    ``Trainer(cfg)`` with ``cfg.model == "stylegan2"`` is a :class:`fastgan.train.stylegan2.StyleGAN2Trainer`
+    (this loop with StyleGAN2's models, style mixing, path length and EMA half-life)."""
+
+    resolutions = RESOLUTIONS      # the image sizes this trainer's models take
+    supports_graphs = True         # the D, D+R1 and G steps can be captured (graphs.TrainerGraphs)
+    # model name -> its Trainer subclass (registered by fastgan.train.stylegan2, imported by fastgan.train)
+    model_trainers: dict = {}
+
+    def __new__(cls, cfg: TrainConfig = None, *args, **kwargs):
+        model = getattr(cfg, "model", "dcgan")
+        if cls is Trainer and model != "dcgan":
+            if model not in cls.model_trainers:
+                raise ValueError(f"no trainer registered for model {model!r} (import fastgan.train)")
+            cls = cls.model_trainers[model]
+        return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
@@ -154,14 +170,14 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.user_loader = None
         if dataset is None:
-            self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS,
+            self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, self.resolutions,
                                         cfg.resize, cfg.crop, cfg.xflip)
         else:
             self.dataset = self._user_data(cfg, dataset)
         if self.user_loader is None and cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.G, self.D = build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
+        self.G, self.D = self._build_models()
         self.G.to(self.device)
         self.D.to(self.device)
         if self.device.type == "cuda":
@@ -170,7 +186,9 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_graphs = False
         if cfg.cuda_graphs:
-            why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+            why = (graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+                   if self.supports_graphs else f"cuda_graphs: no captured steps for model {cfg.model} yet; "
+                                                "running eager steps")
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -212,6 +230,10 @@ class Trainer:
             self.user_loader = data
             return data.dataset
         return user_dataset(data, cfg.resolution, cfg.resize, cfg.crop, cfg.xflip, cfg.seed)
+
+    def _build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        cfg = self.cfg
+        return build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -342,8 +364,24 @@ class Trainer:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=self.noise)
 
     def _penalty_due(self) -> bool:
-        """This D step computes the penalty (WGAN-GP: every D step; lazy R1: ``_r1_due``)."""
-        return self.cfg.penalty == "wgan-gp" or self._r1_due()
+        """This D step computes the penalty (WGAN-GP and R1 + R2: every D step; lazy R1: ``_r1_due``)."""
+        return self.cfg.penalty in ("wgan-gp", "r1+r2") or self._r1_due()
+
+    def _fake(self, n: int) -> torch.Tensor:
+        """n generated images (G's forward on fresh noise from the trainer's generator)."""
+        return self.G(self._z(n))
+
+    def ema_beta(self) -> float:
+        """The EMA decay for the coming G step (``ema.ema_decay_at``)."""
+        return ema_decay_at(self.step, self.cfg.ema_decay)
+
+    def log_fields(self, step: int, step_s: float) -> dict:
+        """Extra fields of a log record (a model's trainer adds its own)."""
+        return {}
+
+    def progress_fields(self, rec: dict) -> dict:
+        """Extra fields of the progress bar, from a log record."""
+        return {}
 
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
@@ -356,7 +394,7 @@ class Trainer:
             n = real.shape[0]
             self.D.requires_grad_(True)
             with torch.no_grad(), self._autocast():
-                fake = self.G(self._z(n))
+                fake = self._fake(n)
             fake = fake.to(real.dtype)
             penalty = torch.zeros((), device=self.device)
             real_logits = None
@@ -388,7 +426,7 @@ class Trainer:
         with self._ops():
             self.D.requires_grad_(False)  # no D weight gradients in the G step
             with self._autocast():
-                fake_logits = self.D(self.G(self._z(n)))
+                fake_logits = self.D(self._fake(n))
             loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
             self.opt_g.zero_grad(set_to_none=set_to_none)
             loss.backward()
@@ -418,7 +456,7 @@ class Trainer:
         return dict(stats, penalty=self._last_penalty)
 
     def g_step(self, n: int) -> dict:
-        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
+        self._ema_decay.fill_(self.ema_beta())  # outside any graph
         if self.graphs is not None:
             return self.graphs.g_step(n)
         return self._g_update(n)
@@ -437,7 +475,7 @@ class Trainer:
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
-            self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
+            self._ema_decay.fill_(self.ema_beta())
             stats = self.graphs.train_step(reals)
         else:
             for real in reals:
@@ -728,7 +766,8 @@ class RunLog:
         if device_step_ms is not None:
             dt = device_step_ms / 1e3
         rec = dict(values, step=step, step_ms=dt * 1e3,
-                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start)
+                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start,
+                   **self.trainer.log_fields(step, dt))
         self.t_last, self.step_last = now, step
         self.trainer.history.append(rec)
         bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
@@ -746,7 +785,7 @@ class RunLog:
                 self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                 img_s=f"{rec['images_per_s']:.0f}")
+                                 img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec))
 
 
 def _hparams(cfg: TrainConfig) -> dict:
