@@ -6,7 +6,7 @@ from setuptools import setup
 
 setup(
     packages=["fastgan", "fastgan.backend", "fastgan.functional", "fastgan.nn", "fastgan.compat", "fastgan.models",
-              "fastgan.train", "fastgan.kernels", "fastgan.benchmarks"],
+              "fastgan.train", "fastgan.apps", "fastgan.kernels", "fastgan.benchmarks"],
     package_dir={
         "fastgan": "fastgan",
         "fastgan.kernels": "kernels",
