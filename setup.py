@@ -12,5 +12,5 @@ setup(
         "fastgan.kernels": "kernels",
         "fastgan.benchmarks": "benchmarks",
     },
-    package_data={"fastgan.benchmarks": ["gpu_check.sh"]},
+    package_data={"fastgan.benchmarks": ["gpu_check.sh"], "fastgan.apps": ["feature_net.pt", "feature_net.json"]},
 )
