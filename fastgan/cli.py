@@ -1,4 +1,4 @@
-"""The ``fastgan`` command: train, sample, generate, eval, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
 from __future__ import annotations
 
 import argparse
@@ -204,9 +204,10 @@ def _app_errors():
     """The exceptions of fastgan.apps that are one-line user errors."""
     from fastgan.apps.features import FeatureError
     from fastgan.apps.generate import GenerateError
+    from fastgan.apps.inpaint import InpaintError
     from fastgan.apps.metrics import MetricError
 
-    return _run_errors() + (MetricError, FeatureError, GenerateError)
+    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError)
 
 
 def cmd_eval(args) -> int:
@@ -250,6 +251,25 @@ def cmd_generate(args) -> int:
         raise CliError(write_error(exc)) from None
     print(f"wrote {manifest['count']} images ({manifest['image_format']}) from step {manifest['step']} to "
           f"{args.out}; manifest {manifest['manifest']}")
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from fastgan.apps.inpaint import inpaint_files
+    from fastgan.atomic import write_error
+    from fastgan.data import DataError, data_error_line
+
+    try:
+        written = inpaint_files(args.checkpoint, args.image, args.mask, args.out, ema=not args.no_ema,
+                                device=args.device, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                                feather=args.feather, perceptual=args.perceptual, prior=args.prior, log=print)
+    except DataError as exc:
+        raise CliError(data_error_line(exc)) from None
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"repaired {len(written)} image{'s' * (len(written) != 1)}")
     return 0
 
 
@@ -368,6 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_generate)
+
+    inp = sub.add_parser("inpaint", help="repair images where a mask is white (GAN inversion)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Find the latent whose image matches the known pixels (masked L2, a perceptual "
+                                     "term on the shapes feature net, a Gaussian prior; Adam from several random "
+                                     "starts), then blend it into the hole with a feathered mask.")
+    inp.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    inp.add_argument("--image", required=True, help="an image file, or a folder of images")
+    inp.add_argument("--mask", required=True, help="a mask image (white = repair), or a folder with the same names")
+    inp.add_argument("--out", required=True, help="output PNG (one image) or folder")
+    inp.add_argument("--steps", type=int, default=200, help="Adam steps per start")
+    inp.add_argument("--restarts", type=int, default=4, help="random starts per image")
+    inp.add_argument("--perceptual", type=float, default=0.01, help="weight of the perceptual term (0: off)")
+    inp.add_argument("--prior", type=float, default=1e-3, help="weight of the latent prior mean(z^2)")
+    inp.add_argument("--feather", type=float, default=1.0, help="blend ramp width in pixels (Gaussian sigma)")
+    inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    inp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    inp.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    inp.set_defaults(func=cmd_inpaint)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")

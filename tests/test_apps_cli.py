@@ -15,6 +15,16 @@ from fastgan.models import Generator
 from fastgan.train import TrainConfig, save_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread (OpenMP's spinning threads cost more than they give at
+    these sizes, much more on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny untrained DCGAN checkpoint (plain torch modules, the embedded data of 64 images)."""
