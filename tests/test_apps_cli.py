@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgan.apps import generate as GEN
+from fastgan.apps.generate import GenerateError, generate
 from fastgan.apps.evaluate import evaluate, evaluate_images, real_images
 from fastgan.apps.model import file_sha256, latents
 from fastgan.cli import main
@@ -72,36 +72,36 @@ def test_generate_writes_n_files_and_a_complete_manifest(checkpoint, tmp_path, c
 
 def test_interrupted_generate_is_incomplete_and_resumes_identically(checkpoint, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
-    GEN.generate(checkpoint, 10, str(ref), batch_size=4, device="cpu")
+    generate(checkpoint, 10, str(ref), batch_size=4, device="cpu")
 
     def stop_after_first_batch(done):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        GEN.generate(checkpoint, 10, str(out), batch_size=4, device="cpu", on_batch=stop_after_first_batch)
+        generate(checkpoint, 10, str(out), batch_size=4, device="cpu", on_batch=stop_after_first_batch)
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] is False and m["done"] == 4 and "files" not in m
     (out / "unconditional" / ".000005.png.0123abcd.tmp").write_bytes(b"half a file")  # a killed atomic write
-    with pytest.raises(GEN.GenerateError, match="interrupted generate .* pass --resume"):
-        GEN.generate(checkpoint, 10, str(out), batch_size=4, device="cpu")
-    with pytest.raises(GEN.GenerateError, match="other settings: seed 0 .now 1."):
-        GEN.generate(checkpoint, 10, str(out), batch_size=4, seed=1, device="cpu", resume=True)
+    with pytest.raises(GenerateError, match="interrupted generate .* pass --resume"):
+        generate(checkpoint, 10, str(out), batch_size=4, device="cpu")
+    with pytest.raises(GenerateError, match="other settings: seed 0 .now 1."):
+        generate(checkpoint, 10, str(out), batch_size=4, seed=1, device="cpu", resume=True)
     done = []
-    GEN.generate(checkpoint, 10, str(out), batch_size=4, device="cpu", resume=True, on_batch=done.append)
+    generate(checkpoint, 10, str(out), batch_size=4, device="cpu", resume=True, on_batch=done.append)
     assert done == [8, 10]  # it continued after the first batch
     assert _tree(out) == _tree(ref)
     for f in _tree(ref):
         if f.endswith(".png"):
             assert (out / f).read_bytes() == (ref / f).read_bytes(), f
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
-    with pytest.raises(GEN.GenerateError, match="already holds a complete"):
-        GEN.generate(checkpoint, 10, str(out), batch_size=4, device="cpu")
-    assert GEN.generate(checkpoint, 10, str(out), batch_size=4, device="cpu", resume=True)["complete"]
+    with pytest.raises(GenerateError, match="already holds a complete"):
+        generate(checkpoint, 10, str(out), batch_size=4, device="cpu")
+    assert generate(checkpoint, 10, str(out), batch_size=4, device="cpu", resume=True)["complete"]
 
 
 def test_generate_npz_matches_png(checkpoint, tmp_path):
-    GEN.generate(checkpoint, 5, str(tmp_path / "png"), batch_size=2, device="cpu", seed=3)
-    m = GEN.generate(checkpoint, 5, str(tmp_path / "npz"), fmt="npz", batch_size=2, device="cpu", seed=3)
+    generate(checkpoint, 5, str(tmp_path / "png"), batch_size=2, device="cpu", seed=3)
+    m = generate(checkpoint, 5, str(tmp_path / "npz"), fmt="npz", batch_size=2, device="cpu", seed=3)
     assert _tree(tmp_path / "npz") == [".fastgan.lock", "images.npz", "manifest.json"]
     assert m["files"][0]["class_counts"] == {"unconditional": 5}
     from PIL import Image
