@@ -108,6 +108,8 @@ def test_kid_is_unbiased_and_detects_a_shift():
     shifted, _ = M.kid_from_features(x, y + 0.5, subsets=20, subset_size=100)
     assert abs(same) < 3 * same_std and shifted > 10 * same_std > 0
     assert M.kid_from_features(x, y, subsets=20, subset_size=100) == (same, same_std)  # seeded
+    whole = M.kid_from_features(x[:50], y[:50], subsets=20, subset_size=100)  # each subset = both whole sets
+    assert whole == (M.mmd2_unbiased(x[:50].double(), y[:50].double()), None)
 
 
 def test_precision_recall_hand_computed():

@@ -91,7 +91,9 @@ def format_result(doc: dict) -> str:
     if "fid" in m:
         lines.append(f"FID        {m['fid']:.4f}")
     if "kid" in m:
-        lines.append(f"KID        {m['kid']:.6f} +- {m['kid_std']:.6f}")
+        spread = (f" +- {m['kid_std']:.6f}" if m.get("kid_std") is not None
+                  else " (one estimate: both sets fit in one subset)")
+        lines.append(f"KID        {m['kid']:.6f}{spread}")
     if "precision" in m:
         lines.append(f"precision  {m['precision']:.4f}")
         lines.append(f"recall     {m['recall']:.4f}")

@@ -135,16 +135,21 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(sxx + syy - 2 * kxy.mean())
 
 
-def kid_from_features(real, fake, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid_from_features(real, fake, subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> tuple[float, float | None]:
     """KID: (mean, standard deviation) of ``mmd2_unbiased`` over ``subsets`` random subsets of
     ``min(subset_size, N_real, N_fake)`` rows of each set (drawn without replacement within a subset,
     from a generator seeded with ``seed``). The mean is an unbiased estimate of MMD^2 (it can be
-    slightly negative for equal distributions); the std is that of a single subset's estimate."""
+    slightly negative for equal distributions); the std is that of a single subset's estimate. When
+    both sets are no larger than the subset size every subset is the whole of both sets: the one
+    estimate is returned with std None."""
     real, fake = as_features(real, "real features", 2), as_features(fake, "generated features", 2)
     _same_dim(real, fake)
     if subsets < 1 or subset_size < 2:
         raise MetricError(f"KID needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     m = min(subset_size, real.shape[0], fake.shape[0])
+    if m == real.shape[0] == fake.shape[0]:  # every subset would be both whole sets: one estimate, no spread
+        return mmd2_unbiased(real, fake), None
     g = torch.Generator().manual_seed(seed)
     values = torch.tensor([mmd2_unbiased(real[torch.randperm(real.shape[0], generator=g)[:m]],
                                          fake[torch.randperm(fake.shape[0], generator=g)[:m]])
@@ -215,4 +220,4 @@ def compute_metrics(real, fake, metrics=METRICS, kid_subsets: int = 100, kid_sub
             out["kid"], out["kid_std"] = kid_from_features(real, fake, kid_subsets, kid_subset_size, seed)
         else:
             out["precision"], out["recall"] = precision_recall(real, fake, pr_k)
-    return {k: (v if math.isfinite(v) else None) for k, v in out.items()}
+    return {k: (v if v is not None and math.isfinite(v) else None) for k, v in out.items()}
