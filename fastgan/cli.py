@@ -244,7 +244,7 @@ def cmd_generate(args) -> int:
     try:
         manifest = generate(args.checkpoint, args.n, args.out, fmt=args.format, seed=args.seed,
                             batch_size=args.batch_size, resume=args.resume, ema=not args.no_ema, device=args.device,
-                            progress=not args.no_progress, log=print)
+                            progress=not args.no_progress, log=print, truncation=args.truncation)
     except _app_errors() as exc:
         raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
     except OSError as exc:
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (image i's latent depends on seed and i only)")
     gen.add_argument("--batch-size", type=int, default=256, help="images per generator batch")
+    gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                     help="scale the latents by PSI in (0, 1]: more typical images, less variety")
     gen.add_argument("--resume", action="store_true", help="continue an interrupted generate in OUT")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     gen.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")

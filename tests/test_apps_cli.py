@@ -99,6 +99,26 @@ def test_interrupted_generate_is_incomplete_and_resumes_identically(checkpoint, 
     assert generate(checkpoint, 10, str(out), batch_size=4, device="cpu", resume=True)["complete"]
 
 
+def test_truncation_scales_the_latents(checkpoint, tmp_path):
+    from fastgan.apps.model import generate_batch, load_generator
+
+    G = load_generator(checkpoint, device="cpu")[0]
+    with torch.no_grad():
+        expected = G(latents(0, 0, 3, 8) * 0.5)
+    assert torch.allclose(generate_batch(G, 0, 0, 3, truncation=0.5), expected)
+    def stop(done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(checkpoint, 4, str(tmp_path / "t"), batch_size=2, device="cpu", truncation=0.5, on_batch=stop)
+    with pytest.raises(GenerateError, match="other settings: truncation 0.5 .now 1.0."):
+        generate(checkpoint, 4, str(tmp_path / "t"), batch_size=2, device="cpu", resume=True)
+    m = generate(checkpoint, 4, str(tmp_path / "t"), batch_size=2, device="cpu", resume=True, truncation=0.5)
+    assert m["truncation"] == 0.5 and m["complete"]
+    with pytest.raises(GenerateError, match="truncation must lie in"):
+        generate(checkpoint, 2, str(tmp_path / "u"), device="cpu", truncation=0.0)
+
+
 def test_generate_npz_matches_png(checkpoint, tmp_path):
     generate(checkpoint, 5, str(tmp_path / "png"), batch_size=2, device="cpu", seed=3)
     m = generate(checkpoint, 5, str(tmp_path / "npz"), fmt="npz", batch_size=2, device="cpu", seed=3)

@@ -39,7 +39,7 @@ NPZ_NAME = "images.npz"
 UNCONDITIONAL = "unconditional"
 FORMATS = ("png", "npz")
 # what a resumed run must share with the interrupted one
-_RUN_KEYS = ("checkpoint_sha256", "weights", "seed", "count", "image_format", "batch_size")
+_RUN_KEYS = ("checkpoint_sha256", "weights", "seed", "count", "image_format", "batch_size", "truncation")
 
 
 class GenerateError(ValueError):
@@ -78,22 +78,24 @@ def _write_npz(path: str, **arrays) -> None:
 
 def generate(checkpoint: str, n: int, out: str, fmt: str = "png", seed: int = 0, batch_size: int = 256,
              resume: bool = False, ema: bool = True, device="auto", progress: bool = False, log=None,
-             on_batch=None) -> dict:
+             on_batch=None, truncation: float = 1.0) -> dict:
     """Write ``n`` images of the checkpoint's G (its EMA by default) into ``out`` (module doc);
     returns the final manifest (with ``manifest``: its path). ``on_batch(done)`` is called after
-    each batch is on disk and counted."""
+    each batch is on disk and counted. ``truncation``: psi in (0, 1] (``model.generate_batch``)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise GenerateError(f"--n must be a positive integer, got {n!r}")
     if fmt not in FORMATS:
         raise GenerateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise GenerateError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not 0 < truncation <= 1:
+        raise GenerateError(f"--truncation must lie in (0, 1], got {truncation!r}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise GenerateError(f"--out {out}: a file is in the way (expected a folder)")
     G, cfg, state = load_generator(checkpoint, ema=ema, device=resolve_device(device))
     classes = [UNCONDITIONAL]  # a class-conditional G would name its classes here
     run = {"checkpoint_sha256": file_sha256(checkpoint), "weights": "G_ema" if ema else "G", "seed": seed,
-           "count": n, "image_format": fmt, "batch_size": batch_size}
+           "count": n, "image_format": fmt, "batch_size": batch_size, "truncation": float(truncation)}
     manifest_path = os.path.join(out, MANIFEST)
     with FolderLock(out):
         old = _read_manifest(manifest_path)
@@ -128,7 +130,8 @@ def generate(checkpoint: str, n: int, out: str, fmt: str = "png", seed: int = 0,
         remove_stale_temporaries(*folders)
         doc = {"format": FORMAT, "version": VERSION, "complete": False, "done": done, "checkpoint": checkpoint,
                **run, "step": state["step"], "resolution": cfg.resolution, "z_dim": cfg.z_dim,
-               "classes": classes, "latents": "image i: N(0, I) from a generator seeded with sha256(seed, i)"}
+               "classes": classes,
+               "latents": "image i: truncation * N(0, I) drawn from a generator seeded with sha256(seed, i)"}
         atomic_write_json(manifest_path, doc)
         bar = None
         if progress:
@@ -138,7 +141,7 @@ def generate(checkpoint: str, n: int, out: str, fmt: str = "png", seed: int = 0,
         try:
             for start in range(done, n, batch_size):
                 stop = min(n, start + batch_size)
-                arr = to_uint8(generate_batch(G, seed, start, stop)).numpy()
+                arr = to_uint8(generate_batch(G, seed, start, stop, truncation)).numpy()
                 labels = np.zeros(stop - start, dtype=np.int64)  # unconditional: class 0
                 if fmt == "png":
                     for j in range(stop - start):

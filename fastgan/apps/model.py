@@ -56,10 +56,13 @@ def latents(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_batch(G, seed: int, start: int, stop: int) -> torch.Tensor:
-    """G's images [stop - start, 3, R, R] in [-1, 1] (float32, CPU) for images ``start .. stop - 1``."""
+def generate_batch(G, seed: int, start: int, stop: int, truncation: float = 1.0) -> torch.Tensor:
+    """G's images [stop - start, 3, R, R] in [-1, 1] (float32, CPU) for images ``start .. stop - 1``.
+    ``truncation`` psi in (0, 1]: the latents are scaled by psi towards the prior's mean 0 (the
+    truncation trick for a generator without a mapping network: less variety, more typical images)."""
     device = next(G.parameters()).device
-    return G(latents(seed, start, stop, G.z_dim).to(device)).float().clamp(-1, 1).cpu()
+    z = latents(seed, start, stop, G.z_dim) * truncation
+    return G(z.to(device)).float().clamp(-1, 1).cpu()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
