@@ -1,4 +1,4 @@
-"""The ``fastgan`` command: train, sample, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
 from __future__ import annotations
 
 import argparse
@@ -275,6 +275,79 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _app_errors():
+    """The exceptions of fastgan.apps that are one-line user errors."""
+    from fastgan.apps.features import FeatureError
+    from fastgan.apps.generate import GenerateError
+    from fastgan.apps.inpaint import InpaintError
+    from fastgan.apps.metrics import MetricError
+
+    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError)
+
+
+def cmd_eval(args) -> int:
+    from fastgan.apps.evaluate import evaluate, format_result
+    from fastgan.atomic import atomic_write_json, check_writable, write_error
+    from fastgan.data import DataError, data_error_line
+
+    try:
+        if args.json:
+            check_writable(args.json)
+        doc = evaluate(args.checkpoint, data=args.data, metrics=args.metrics, n=args.n, seed=args.seed,
+                       batch_size=args.batch_size, ema=not args.no_ema, inception_weights=args.inception_weights,
+                       device=args.device, progress=not args.no_progress, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size)
+        print(f"fastgan eval: {doc['checkpoint']} (step {doc['step']}, {doc['weights']}): {doc['n_fake']} generated vs "
+              f"{doc['n_real']} real images ({doc['data']}); {doc['features_note']}")
+        print(format_result(doc))
+        if args.json:
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+    except DataError as exc:
+        raise CliError(data_error_line(exc)) from None
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fastgan.apps.generate import generate
+    from fastgan.atomic import write_error
+
+    try:
+        manifest = generate(args.checkpoint, args.n, args.out, fmt=args.format, seed=args.seed,
+                            batch_size=args.batch_size, resume=args.resume, ema=not args.no_ema, device=args.device,
+                            progress=not args.no_progress, log=print, truncation=args.truncation)
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"wrote {manifest['count']} images ({manifest['image_format']}) from step {manifest['step']} to "
+          f"{args.out}; manifest {manifest['manifest']}")
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from fastgan.apps.inpaint import inpaint_files
+    from fastgan.atomic import write_error
+    from fastgan.data import DataError, data_error_line
+
+    try:
+        written = inpaint_files(args.checkpoint, args.image, args.mask, args.out, ema=not args.no_ema,
+                                device=args.device, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                                feather=args.feather, perceptual=args.perceptual, prior=args.prior, log=print)
+    except DataError as exc:
+        raise CliError(data_error_line(exc)) from None
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"repaired {len(written)} image{'s' * (len(written) != 1)}")
+    return 0
+
+
 def _auto_on_off(value: str):
     """--amp: auto -> None (on for CUDA), on -> True, off -> False."""
     choices = {"auto": None, "on": True, "off": False}
@@ -388,6 +461,66 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--truncation-psi", type=float, default=1.0,
                         help="stylegan2: w <- w_avg + psi (w - w_avg) (default: 1.0, none)")
     sample.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser("eval", help="FID, KID and precision/recall of a checkpoint's generator",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Generate N images, take N real ones (the run's data, or --data), and compute "
+                                    "the metrics on the shapes feature net's features (not comparable with "
+                                    "Inception-FID) or on InceptionV3's (--inception-weights).")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    ev.add_argument("--data", default=None, help="real images: a folder or .npz (default: the run's own data)")
+    ev.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, pr")
+    ev.add_argument("--n", type=int, default=2048, help="generated (and real) images")
+    ev.add_argument("--json", default=None, metavar="OUT", help="also write the result document here (atomically)")
+    ev.add_argument("--seed", type=int, default=0, help="noise, real-subset and KID-subset seed")
+    ev.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
+    ev.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset (at most --n)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per generator / feature batch")
+    ev.add_argument("--inception-weights", default=None, metavar="PATH",
+                    help="InceptionV3 state_dict in torchvision's format (needs torchvision; never downloads)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    gen = sub.add_parser("generate", help="export N generated images (ImageFolder layout + manifest)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Write N images from a checkpoint's generator into OUT: one subfolder per "
+                                     "class (unconditional models: unconditional/), or one images.npz, and a "
+                                     "manifest.json (checkpoint SHA-256, seed, count, class of each file) marked "
+                                     "complete only at the end. --resume continues an interrupted run exactly.")
+    gen.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    gen.add_argument("--n", type=int, required=True, help="number of images")
+    gen.add_argument("--out", required=True, help="output folder (new or empty, or an interrupted one with --resume)")
+    gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (image i's latent depends on seed and i only)")
+    gen.add_argument("--batch-size", type=int, default=256, help="images per generator batch")
+    gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                     help="scale the latents by PSI in (0, 1]: more typical images, less variety")
+    gen.add_argument("--resume", action="store_true", help="continue an interrupted generate in OUT")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    inp = sub.add_parser("inpaint", help="repair images where a mask is white (GAN inversion)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Find the latent whose image matches the known pixels (masked L2, a perceptual "
+                                     "term on the shapes feature net, a Gaussian prior; Adam from several random "
+                                     "starts), then blend it into the hole with a feathered mask.")
+    inp.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    inp.add_argument("--image", required=True, help="an image file, or a folder of images")
+    inp.add_argument("--mask", required=True, help="a mask image (white = repair), or a folder with the same names")
+    inp.add_argument("--out", required=True, help="output PNG (one image) or folder")
+    inp.add_argument("--steps", type=int, default=200, help="Adam steps per start")
+    inp.add_argument("--restarts", type=int, default=4, help="random starts per image")
+    inp.add_argument("--perceptual", type=float, default=0.01, help="weight of the perceptual term (0: off)")
+    inp.add_argument("--prior", type=float, default=1e-3, help="weight of the latent prior mean(z^2)")
+    inp.add_argument("--feather", type=float, default=1.0, help="blend ramp width in pixels (Gaussian sigma)")
+    inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    inp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    inp.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    inp.set_defaults(func=cmd_inpaint)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")

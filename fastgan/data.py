@@ -41,7 +41,10 @@ def data_error_line(exc: DataError) -> str:
 
 # ----------------------------------------------------------------------------- embedded dataset
 
-def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Tensor:
+SHAPE_CLASSES = ("disc", "square", "triangle")  # the embedded dataset's classes, label 0, 1, 2
+
+
+def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0, return_attributes: bool = False):
     """The embedded dataset: ``n`` RGB images of one filled shape (disc, square or triangle) of
     random colour, size and position on a smooth two-colour gradient background.
 
@@ -51,6 +54,10 @@ def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Ten
     samples are coloured blur, learned samples show crisp discs, squares and triangles.
 
     Returns float32 [n, 3, resolution, resolution] in [-1, 1], identical for equal arguments.
+    ``return_attributes=True``: ``(images, attributes)``, the attributes a dict of what was drawn
+    for each image: ``label`` (int64 [n], an index into ``SHAPE_CLASSES``), ``color`` [n, 3] and
+    ``background`` [n, 6] (the shape's colour and the gradient's two colours, in [0, 1]), ``size``,
+    ``cx``, ``cy`` [n] (radius and centre, in units of the image width). The images are the same.
     """
     if n <= 0 or resolution < 8:
         raise ValueError("make_shapes needs n > 0 and resolution >= 8")
@@ -81,7 +88,11 @@ def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Ten
     tri = (dy <= size * 0.8) & (dy >= -size) & (dx.abs() <= (dy + size) * 0.6)
     mask = torch.where(kind.view(n, 1, 1) == 0, disc, torch.where(kind.view(n, 1, 1) == 1, square, tri))
     img = torch.where(mask.unsqueeze(1), color.expand(n, 3, r, r), img)
-    return (img * 2 - 1).clamp(-1, 1).contiguous()
+    img = (img * 2 - 1).clamp(-1, 1).contiguous()
+    if not return_attributes:
+        return img
+    return img, {"label": kind, "color": color.view(n, 3), "background": torch.cat([c0, c1], 1).view(n, 6),
+                 "size": size.view(n), "cx": cx.view(n), "cy": cy.view(n)}
 
 
 # ----------------------------------------------------------------------------- files
@@ -290,12 +301,15 @@ class Transformed(torch.utils.data.Dataset):
 def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed: int = 0,
                  resolutions: tuple[int, ...] | None = None, resize: bool = False, crop: str = "center",
                  xflip: bool = False):
-    """A Dataset of [3, R, R] images: the embedded shapes (path None), an .npz, or a folder.
+    """A Dataset of [3, R, R] images: the embedded shapes (path None, with ``labels`` and
+    ``classes``), an .npz, or a folder.
     ``resolutions``: the sizes the models support (named when the data fits none of them).
     ``resize``, ``crop``, ``xflip``: see the module docstring (an .npz is resized once, here).
     An .npz dataset's ``note`` says which value range was assumed."""
-    if path is None:
-        ds = torch.utils.data.TensorDataset(make_shapes(n_embedded, resolution, seed))
+    if path is None:  # its ``labels`` (int64 [N]) index ``classes``, the shape of each image
+        images, attrs = make_shapes(n_embedded, resolution, seed, return_attributes=True)
+        ds = torch.utils.data.TensorDataset(images)
+        ds.labels, ds.classes = attrs["label"], SHAPE_CLASSES
         return Transformed(ds, resolution, False, crop, xflip, seed) if xflip or crop == "random" else ds
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
