@@ -6,11 +6,11 @@ from setuptools import setup
 
 setup(
     packages=["fastgan", "fastgan.backend", "fastgan.functional", "fastgan.nn", "fastgan.compat", "fastgan.models",
-              "fastgan.train", "fastgan.kernels", "fastgan.benchmarks"],
+              "fastgan.train", "fastgan.apps", "fastgan.kernels", "fastgan.benchmarks"],
     package_dir={
         "fastgan": "fastgan",
         "fastgan.kernels": "kernels",
         "fastgan.benchmarks": "benchmarks",
     },
-    package_data={"fastgan.benchmarks": ["gpu_check.sh"]},
+    package_data={"fastgan.benchmarks": ["gpu_check.sh"], "fastgan.apps": ["feature_net.pt", "feature_net.json"]},
 )

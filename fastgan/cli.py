@@ -1,4 +1,4 @@
-"""The ``fastgan`` command: train, sample, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +22,21 @@ print("ok")
 
 
 def _interpreter_works() -> str:
-    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import)."""
+    """Run a tiny bias_act kernel in a fresh interpreter-mode process (the mode is fixed at import).
+    The probe imports the fastgan that is running (its folder first on PYTHONPATH) from an empty
+    working folder, so that a ``fastgan/`` or ``triton/`` folder in the caller's working folder
+    (``python -c`` puts it first on sys.path) is not what it imports."""
+    import tempfile
+
+    import fastgan
+
     env = dict(os.environ, FASTGAN_BACKEND="interpret", TRITON_INTERPRET="1")
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(fastgan.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:
-        r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
-                           text=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix="fastgan-info-") as cwd:
+            r = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True,
+                               text=True, timeout=300, cwd=cwd)
     except Exception as exc:
         return f"no ({type(exc).__name__}: {exc})"
     if r.returncode == 0 and r.stdout.strip().endswith("ok"):
@@ -35,15 +45,55 @@ def _interpreter_works() -> str:
     return f"no ({tail})"
 
 
-def cmd_info(args) -> int:
+def _cpu_name() -> str:
     import platform
 
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        name = None
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+
+
+def _git_commit(folder: str) -> str:
+    """The commit of the git checkout whose top level is ``folder`` ("+ local changes" when its
+    tracked files differ), or "none (not a git checkout)"."""
+    def git(*args):
+        r = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top is None or os.path.realpath(top) != os.path.realpath(folder):
+            return "none (not a git checkout)"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return (git("rev-parse", "HEAD") or "unknown") + (" + local changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "none (git not available)"
+
+
+INFO_ENV = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")  # and every FASTGAN_* variable
+
+
+def info_rows(probe: bool = True) -> list[tuple[str, object]]:
+    """What ``fastgan info`` reports, as (key, value) rows; a value is a string or, for the
+    environment, a dict of the variables that are set."""
+    import platform
+
+    import numpy
+    import PIL
     import torch
 
     import fastgan
     from fastgan import backend, nvml
+    from fastgan.backend import conv_dispatch
 
-    rows = [("fastgan", fastgan.__version__), ("python", platform.python_version()), ("torch", torch.__version__)]
+    package = os.path.dirname(os.path.abspath(fastgan.__file__))
+    rows = [("fastgan", fastgan.__version__), ("fastgan path", package),
+            ("fastgan commit", _git_commit(os.path.dirname(package))),
+            ("python", platform.python_version()), ("os", platform.platform()), ("cpu", _cpu_name()),
+            ("torch", torch.__version__), ("numpy", numpy.__version__), ("Pillow", PIL.__version__)]
     try:
         import triton
 
@@ -63,15 +113,32 @@ def cmd_info(args) -> int:
     rows.append(("driver", nvml.driver_version() or "unknown"))
     forced = backend.forced_backend()
     rows.append(("FASTGAN_BACKEND", os.environ.get("FASTGAN_BACKEND") or "(unset: automatic)"))
+    rows.append(("environment", {k: v for k, v in sorted(os.environ.items())
+                                 if k.startswith("FASTGAN_") or k in INFO_ENV}))
     for dev in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
         try:
             chosen = backend.backend_for(torch.empty(0, device=dev))
         except Exception as exc:
             chosen = f"error: {exc}"
         rows.append((f"backend for {dev} tensors", chosen + (f" (forced: {forced})" if forced else "")))
-    rows.append(("triton interpreter works", _interpreter_works() if not args.no_probe else "not checked"))
+    cache = conv_dispatch.cache_path()
+    rows.append(("conv dispatch cache", cache + ("" if os.path.exists(cache) else " (not written yet)")))
+    rows.append(("triton interpreter works", _interpreter_works() if probe else "not checked"))
+    return rows
+
+
+def cmd_info(args) -> int:
+    import json
+
+    rows = info_rows(probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(dict(rows), indent=2))
+        return 0
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
+        if isinstance(v, dict):
+            v = ", ".join(f"{name}={value}" for name, value in v.items()) or "(none of FASTGAN_*, " + \
+                ", ".join(INFO_ENV) + " set)"
         print(f"{k:<{width}}  {v}")
     return 0
 
@@ -135,7 +202,11 @@ def cmd_train(args) -> int:
         c = trainer.cfg
         if trainer.dist.is_main:
             note = getattr(trainer.dataset, "note", None)
-            print(f"fastgan train: {c.resolution}x{c.resolution} DCGAN (G width {c.g_width}, D width {c.d_width}, "
+            model = (f"StyleGAN2 (channel_base {c.channel_base}, channel_max {c.channel_max}, z/w {c.z_dim}, "
+                     f"path length {c.pl_weight} every {c.pl_interval}, style mixing {c.style_mixing}, EMA half-life "
+                     f"{c.ema_kimg} kimg" if c.model == "stylegan2" else
+                     f"DCGAN (G width {c.g_width}, D width {c.d_width}")
+            print(f"fastgan train: {c.resolution}x{c.resolution} {model}, "
                   f"{'fastgan modules' if c.fused else 'plain torch modules'}), loss {c.loss}, penalty {c.penalty}"
                   f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
@@ -171,7 +242,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from fastgan.atomic import check_writable, write_error
-    from fastgan.models import Generator
+    from fastgan.models import Generator, build_stylegan2
     from fastgan.train import CheckpointError, TrainConfig, load_checkpoint, save_image_grid
     from fastgan.train.trainer import image_format
 
@@ -187,16 +258,93 @@ def cmd_sample(args) -> int:
     try:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
-        G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
+        if cfg.model == "stylegan2":
+            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
+                                cfg.mapping_layers, fused=cfg.fused)[0]
+        else:
+            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
         G.load_state_dict(state["G" if args.no_ema else "G_ema"])
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     G.eval()
     z = torch.randn(args.n, cfg.z_dim, generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
-        images = G(z)
+        images = G(z, truncation_psi=args.truncation_psi, noise_mode="const") if cfg.model == "stylegan2" else G(z)
     save_image_grid(images, args.out)
     print(f"wrote {args.n} samples from step {state['step']} to {args.out}")
+    return 0
+
+
+def _app_errors():
+    """The exceptions of fastgan.apps that are one-line user errors."""
+    from fastgan.apps.features import FeatureError
+    from fastgan.apps.generate import GenerateError
+    from fastgan.apps.inpaint import InpaintError
+    from fastgan.apps.metrics import MetricError
+
+    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError)
+
+
+def cmd_eval(args) -> int:
+    from fastgan.apps.evaluate import evaluate, format_result
+    from fastgan.atomic import atomic_write_json, check_writable, write_error
+    from fastgan.data import DataError, data_error_line
+
+    try:
+        if args.json:
+            check_writable(args.json)
+        doc = evaluate(args.checkpoint, data=args.data, metrics=args.metrics, n=args.n, seed=args.seed,
+                       batch_size=args.batch_size, ema=not args.no_ema, inception_weights=args.inception_weights,
+                       device=args.device, progress=not args.no_progress, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size)
+        print(f"fastgan eval: {doc['checkpoint']} (step {doc['step']}, {doc['weights']}): {doc['n_fake']} generated vs "
+              f"{doc['n_real']} real images ({doc['data']}); {doc['features_note']}")
+        print(format_result(doc))
+        if args.json:
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+    except DataError as exc:
+        raise CliError(data_error_line(exc)) from None
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fastgan.apps.generate import generate
+    from fastgan.atomic import write_error
+
+    try:
+        manifest = generate(args.checkpoint, args.n, args.out, fmt=args.format, seed=args.seed,
+                            batch_size=args.batch_size, resume=args.resume, ema=not args.no_ema, device=args.device,
+                            progress=not args.no_progress, log=print, truncation=args.truncation)
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"wrote {manifest['count']} images ({manifest['image_format']}) from step {manifest['step']} to "
+          f"{args.out}; manifest {manifest['manifest']}")
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from fastgan.apps.inpaint import inpaint_files
+    from fastgan.atomic import write_error
+    from fastgan.data import DataError, data_error_line
+
+    try:
+        written = inpaint_files(args.checkpoint, args.image, args.mask, args.out, ema=not args.no_ema,
+                                device=args.device, steps=args.steps, restarts=args.restarts, seed=args.seed,
+                                feather=args.feather, perceptual=args.perceptual, prior=args.prior, log=print)
+    except DataError as exc:
+        raise CliError(data_error_line(exc)) from None
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"repaired {len(written)} image{'s' * (len(written) != 1)}")
     return 0
 
 
@@ -211,35 +359,67 @@ def _auto_on_off(value: str):
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
-    from fastgan.train.config import DEVICE_DEFAULTS, LOSSES, PENALTIES
+    from fastgan.data import CROPS
+    from fastgan.train.config import (AUGMENTS, DEVICE_DEFAULTS, LOSSES, MODEL_DEFAULTS, MODELS, PENALTIES,
+                                      STYLEGAN2_DEVICE_DEFAULTS, STYLEGAN2_RESOLUTIONS)
 
     d = TrainConfig.defaults()
     cpu, cuda = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+    dc, sg = MODEL_DEFAULTS["dcgan"], MODEL_DEFAULTS["stylegan2"]
+    sg_cpu, sg_cuda = STYLEGAN2_DEVICE_DEFAULTS["cpu"], STYLEGAN2_DEVICE_DEFAULTS["cuda"]
 
     def add(*flags, help, **kw):
         train.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kw)
 
     add("--data", help="folder of PNG/JPEG images or an .npz array (default: the embedded shapes)")
-    add("--resolution", type=int, choices=[32, 64], help=f"image size (default: {d['resolution']})")
+    add("--model", choices=list(MODELS), help=f"architecture and recipe (default: {d['model']})")
+    add("--resolution", type=int, choices=sorted({32, 64, *STYLEGAN2_RESOLUTIONS}),
+        help=f"image size: dcgan 32 or 64, stylegan2 a power of two from 16 to 1024 (default: {d['resolution']})")
+    add("--resize", action="store_true", help="resize each image's short side to --resolution (antialiased "
+                                               "bicubic), then crop it square (--crop); for images of any size")
+    add("--crop", choices=list(CROPS), help=f"with --resize: the square kept, the center or a random offset along "
+                                            f"the long side, seeded (default: {d['crop']})")
+    add("--xflip", action="store_true", help="flip each drawn image horizontally with probability 1/2, seeded "
+                                             "(the dataset's size is unchanged)")
     add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
                                   f"{cpu['steps']} on the CPU)")
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")
     add("--loss", choices=list(LOSSES), help=f"GAN loss (default: {d['loss']})")
     add("--penalty", choices=list(PENALTIES), help=f"gradient penalty on D (default: {d['penalty']})")
-    add("--gamma", type=float, help="penalty weight (default: r1 1.0, wgan-gp 10)")
-    add("--reg-interval", type=int, help=f"lazy R1: penalise every k-th D step with gamma*k (default: "
-                                         f"{d['reg_interval']})")
+    add("--gamma", type=float, help="penalty weight (default: r1 1.0, wgan-gp 10; stylegan2 r1: "
+                                    "0.0002 * resolution^2 / batch size)")
+    add("--reg-interval", type=int, help=f"lazy R1: penalise every k-th D step with gamma*k (default: dcgan "
+                                         f"{dc['reg_interval']}, stylegan2 {sg['reg_interval']})")
     add("--n-critic", type=int, help=f"D steps per G step (default: {d['n_critic']})")
-    add("--lr", type=float, help=f"Adam learning rate of G and D (default: {d['lr_g']})")
-    add("--betas", type=float, nargs=2, help="Adam betas (default: 0.5 0.999; 0.0 0.9 with wgan / wgan-gp)")
+    add("--lr", type=float, help=f"Adam learning rate of G and D (default: dcgan {dc['lr_g']}, stylegan2 "
+                                 f"{sg['lr_g']})")
+    add("--betas", type=float, nargs=2, help="Adam betas (default: 0.5 0.999; 0.0 0.9 with wgan / wgan-gp; "
+                                             "stylegan2 0.0 0.99)")
     add("--width", type=int, help=f"base channel width of G and D (default: {cuda['g_width']} on CUDA, "
                                   f"{cpu['g_width']} on the CPU)")
-    add("--z-dim", type=int, help=f"latent size (default: {d['z_dim']})")
+    add("--z-dim", type=int, help=f"latent size (stylegan2: z and w) (default: {d['z_dim']})")
+    add("--channel-base", type=int, help=f"stylegan2: channels at resolution r are min(channel_base // r, "
+                                         f"channel_max) (default: {sg_cuda['channel_base']} on CUDA, "
+                                         f"{sg_cpu['channel_base']} on the CPU)")
+    add("--channel-max", type=int, help=f"stylegan2 (default: {sg_cuda['channel_max']} on CUDA, "
+                                        f"{sg_cpu['channel_max']} on the CPU)")
+    add("--mapping-layers", type=int, help=f"stylegan2: mapping network depth (default: {d['mapping_layers']})")
+    add("--style-mixing", type=float, help=f"stylegan2: style-mixing probability (default: {d['style_mixing']})")
+    add("--pl-weight", type=float, help=f"stylegan2: path-length weight, 0 off (default: {d['pl_weight']})")
+    add("--pl-interval", type=int, help=f"stylegan2: lazy path length every k-th G step (default: "
+                                        f"{d['pl_interval']})")
+    add("--ema-kimg", type=float, help=f"stylegan2: G_ema half-life in kimg (default: {d['ema_kimg']}, ramp-up "
+                                       f"{d['ema_rampup']})")
+    add("--truncation-psi", type=float, help=f"stylegan2: truncation of the sample grids (default: "
+                                             f"{d['truncation_psi']})")
+    add("--augment", choices=list(AUGMENTS), help=f"stylegan2: augment D's inputs, diffaug = DiffAugment's color, "
+                                                 f"translation and cutout (default: {d['augment']})")
     add("--plain-torch", dest="fused", action="store_false",
         help="plain torch everywhere: torch modules, losses and penalties (the eager baseline)")
     add("--device", help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")
     add("--amp", type=_auto_on_off, metavar="{auto,on,off}",
-        help="bf16 autocast (default: auto, i.e. on for CUDA)")
+        help="bf16 autocast; stylegan2: bf16 in the top 4 resolutions with conv clamp 256 (default: auto, i.e. on "
+             "for CUDA)")
     add("--cuda-graphs", action="store_true",
         help="capture the D and G steps (gradient penalty included) in CUDA graphs; CUDA, one process")
     add("--seed", type=int, help=f"random seed; runs are deterministic on the CPU (default: {d['seed']})")
@@ -252,7 +432,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--workers", type=int, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for "
                                     "image folders)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add("--tensorboard", action="store_true", help="also log scalars to OUT/tb (needs tensorboard)")
+    add("--tensorboard", action="store_true",
+        help="also log to OUT/tb: scalars, sample grids, the config as hparams (needs tensorboard)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,10 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser(
-        "train", help="train a DCGAN (default: on the embedded shapes dataset)",
+        "train", help="train a DCGAN or a StyleGAN2 (default: a DCGAN on the embedded shapes dataset)",
         description="Train a DCGAN with fastgan's fused ops. Defaults: the embedded shapes dataset at 32x32, "
                     "the non-saturating loss with lazy R1, batch 64; 1500 steps of a width-32 model on the CPU "
-                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU.")
+                    "(a few minutes on 2 cores, shapes become visible), 10000 steps of width 64 on a GPU. "
+                    "--model stylegan2 --resolution R: StyleGAN2 with lazy R1, path length, style mixing and an "
+                    "EMA half-life.")
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
@@ -275,10 +458,73 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="image file to write (.png, .jpg, .webp or .bmp)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
     sample.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    sample.add_argument("--truncation-psi", type=float, default=1.0,
+                        help="stylegan2: w <- w_avg + psi (w - w_avg) (default: 1.0, none)")
     sample.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser("eval", help="FID, KID and precision/recall of a checkpoint's generator",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Generate N images, take N real ones (the run's data, or --data), and compute "
+                                    "the metrics on the shapes feature net's features (not comparable with "
+                                    "Inception-FID) or on InceptionV3's (--inception-weights).")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    ev.add_argument("--data", default=None, help="real images: a folder or .npz (default: the run's own data)")
+    ev.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, pr")
+    ev.add_argument("--n", type=int, default=2048, help="generated (and real) images")
+    ev.add_argument("--json", default=None, metavar="OUT", help="also write the result document here (atomically)")
+    ev.add_argument("--seed", type=int, default=0, help="noise, real-subset and KID-subset seed")
+    ev.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
+    ev.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per subset (at most --n)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per generator / feature batch")
+    ev.add_argument("--inception-weights", default=None, metavar="PATH",
+                    help="InceptionV3 state_dict in torchvision's format (needs torchvision; never downloads)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    gen = sub.add_parser("generate", help="export N generated images (ImageFolder layout + manifest)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Write N images from a checkpoint's generator into OUT: one subfolder per "
+                                     "class (unconditional models: unconditional/), or one images.npz, and a "
+                                     "manifest.json (checkpoint SHA-256, seed, count, class of each file) marked "
+                                     "complete only at the end. --resume continues an interrupted run exactly.")
+    gen.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    gen.add_argument("--n", type=int, required=True, help="number of images")
+    gen.add_argument("--out", required=True, help="output folder (new or empty, or an interrupted one with --resume)")
+    gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (image i's latent depends on seed and i only)")
+    gen.add_argument("--batch-size", type=int, default=256, help="images per generator batch")
+    gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                     help="scale the latents by PSI in (0, 1]: more typical images, less variety")
+    gen.add_argument("--resume", action="store_true", help="continue an interrupted generate in OUT")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    inp = sub.add_parser("inpaint", help="repair images where a mask is white (GAN inversion)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Find the latent whose image matches the known pixels (masked L2, a perceptual "
+                                     "term on the shapes feature net, a Gaussian prior; Adam from several random "
+                                     "starts), then blend it into the hole with a feathered mask.")
+    inp.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    inp.add_argument("--image", required=True, help="an image file, or a folder of images")
+    inp.add_argument("--mask", required=True, help="a mask image (white = repair), or a folder with the same names")
+    inp.add_argument("--out", required=True, help="output PNG (one image) or folder")
+    inp.add_argument("--steps", type=int, default=200, help="Adam steps per start")
+    inp.add_argument("--restarts", type=int, default=4, help="random starts per image")
+    inp.add_argument("--perceptual", type=float, default=0.01, help="weight of the perceptual term (0: off)")
+    inp.add_argument("--prior", type=float, default=1e-3, help="weight of the latent prior mean(z^2)")
+    inp.add_argument("--feather", type=float, default=1.0, help="blend ramp width in pixels (Gaussian sigma)")
+    inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    inp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    inp.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    inp.set_defaults(func=cmd_inpaint)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     info.set_defaults(func=cmd_info)
 
     from fastgan.benchmarks.run import add_arguments

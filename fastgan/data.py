@@ -5,6 +5,14 @@ All datasets yield float32 images in [-1, 1], shape [C, H, W]. Bad data fails ea
 ``DataError`` naming the file: an empty folder, an unreadable or oversized image header, mixed
 image sizes, a channel count other than 1, 3 or 4. An image folder is decoded lazily (in
 DataLoader workers); an image that fails to decode there is a ``DataError`` at that batch.
+
+Data that is not pre-resized (``resize``): each image's short side is resized to the model's
+resolution (torch's antialiased bicubic, deterministic), then cropped square (``crop``: the
+center, or a random offset along the long side). ``xflip`` flips each drawn image horizontally
+with probability 1/2 (the dataset's length is unchanged: it does not double it). The random
+offset and flip of a draw come from ``(seed, draw number)`` alone (``StepBatchSampler`` passes
+the draw number with each index), so they are the same in every run with that seed, under any
+number of DataLoader workers or processes, and after a resume.
 """
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ import numpy as np
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CROPS = ("center", "random")
+RESIZE_HINT = "pass --resize (resize=True) to resize the short side to the resolution and crop the center"
 
 
 class DataError(ValueError):
@@ -31,7 +41,10 @@ def data_error_line(exc: DataError) -> str:
 
 # ----------------------------------------------------------------------------- embedded dataset
 
-def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Tensor:
+SHAPE_CLASSES = ("disc", "square", "triangle")  # the embedded dataset's classes, label 0, 1, 2
+
+
+def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0, return_attributes: bool = False):
     """The embedded dataset: ``n`` RGB images of one filled shape (disc, square or triangle) of
     random colour, size and position on a smooth two-colour gradient background.
 
@@ -41,6 +54,10 @@ def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Ten
     samples are coloured blur, learned samples show crisp discs, squares and triangles.
 
     Returns float32 [n, 3, resolution, resolution] in [-1, 1], identical for equal arguments.
+    ``return_attributes=True``: ``(images, attributes)``, the attributes a dict of what was drawn
+    for each image: ``label`` (int64 [n], an index into ``SHAPE_CLASSES``), ``color`` [n, 3] and
+    ``background`` [n, 6] (the shape's colour and the gradient's two colours, in [0, 1]), ``size``,
+    ``cx``, ``cy`` [n] (radius and centre, in units of the image width). The images are the same.
     """
     if n <= 0 or resolution < 8:
         raise ValueError("make_shapes needs n > 0 and resolution >= 8")
@@ -71,7 +88,11 @@ def make_shapes(n: int = 8192, resolution: int = 32, seed: int = 0) -> torch.Ten
     tri = (dy <= size * 0.8) & (dy >= -size) & (dx.abs() <= (dy + size) * 0.6)
     mask = torch.where(kind.view(n, 1, 1) == 0, disc, torch.where(kind.view(n, 1, 1) == 1, square, tri))
     img = torch.where(mask.unsqueeze(1), color.expand(n, 3, r, r), img)
-    return (img * 2 - 1).clamp(-1, 1).contiguous()
+    img = (img * 2 - 1).clamp(-1, 1).contiguous()
+    if not return_attributes:
+        return img
+    return img, {"label": kind, "color": color.view(n, 3), "background": torch.cat([c0, c1], 1).view(n, 6),
+                 "size": size.view(n), "cx": cx.view(n), "cy": cy.view(n)}
 
 
 # ----------------------------------------------------------------------------- files
@@ -155,7 +176,8 @@ class ImageFolder(torch.utils.data.Dataset):
     reads but whose data does not (truncated, corrupt) is a ``DataError`` when it is loaded.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, same_size: bool = True):
+        """``same_size=False``: images of any sizes (they are resized later); ``resolution`` is None."""
         from PIL import Image, UnidentifiedImageError
 
         if not os.path.isdir(root):
@@ -171,14 +193,17 @@ class ImageFolder(torch.utils.data.Dataset):
                     sizes.setdefault(im.size, f)
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                 raise DataError(f"{f}: unreadable image ({type(exc).__name__}: {exc})") from None
+        self.files, self.resolution = files, None
+        if not same_size:
+            return
         if len(sizes) > 1:
             (s1, f1), (s2, f2) = list(sizes.items())[:2]
             raise DataError(f"{root}: images have mixed sizes, e.g. {f1} is {s1[0]}x{s1[1]} and {f2} is "
-                            f"{s2[0]}x{s2[1]}; resize them to one square size first")
+                            f"{s2[0]}x{s2[1]}; {RESIZE_HINT}")
         (w, h), = sizes
         if w != h:
-            raise DataError(f"{root}: images are {w}x{h}; fastgan's models need square images")
-        self.files, self.resolution = files, w
+            raise DataError(f"{root}: images are {w}x{h}; fastgan's models need square images: {RESIZE_HINT}")
+        self.resolution = w
 
     def __len__(self):
         return len(self.files)
@@ -187,32 +212,188 @@ class ImageFolder(torch.utils.data.Dataset):
         return (_decode(self.files[i]),)  # like TensorDataset
 
 
+def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images [..., C, H, W] resized so that the short side is ``size`` (the long side to
+    ``round(long * size / short)``), antialiased bicubic (``F.interpolate(antialias=True)``,
+    deterministic), clamped to [-1, 1]. Unchanged when the short side already is ``size``."""
+    h, w = x.shape[-2:]
+    if min(h, w) == size:
+        return x
+    hw = (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+    flat = x.reshape(-1, *x.shape[-3:])
+    out = torch.cat([torch.nn.functional.interpolate(flat[i:i + 256], size=hw, mode="bicubic", antialias=True,
+                                                     align_corners=False) for i in range(0, len(flat), 256)])
+    return out.reshape(*x.shape[:-2], *hw).clamp(-1, 1)
+
+
+def _draw_rng(seed: int, draw: int) -> np.random.Generator:
+    """The generator of one draw: a function of (seed, draw number) only."""
+    return np.random.default_rng([0x6661737467616E, seed, draw])  # "fastgan"
+
+
+def as_image(item, source: str) -> torch.Tensor:
+    """One item of a user's Dataset (an image, or a tuple whose first element is the image, e.g.
+    (image, label)) -> float32 [3, H, W] in [-1, 1]. Images: [C, H, W] tensors or arrays, C 1, 3
+    or 4 (alpha dropped), uint8 [0, 255] or float [-1, 1]; anything else is one DataError."""
+    x = item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{source}: expected an image tensor [C, H, W] or a tuple (image, ...), got "
+                        f"{type(item).__name__}")
+    if x.ndim != 3 or x.shape[0] not in CHANNELS:
+        raise DataError(f"{source}: images must be [C, H, W] tensors with C 1, 3 or 4, got shape {list(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 127.5 - 1
+    elif x.is_floating_point():
+        x = x.float()
+        lo, hi = x.min().item(), x.max().item()
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo >= -1 - RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+            raise DataError(f"{source}: float images must lie in [-1, 1] (or be uint8 [0, 255]), got values in "
+                            f"[{lo:.3g}, {hi:.3g}]")
+        x = x.clamp(-1, 1)
+    else:
+        raise DataError(f"{source}: unsupported image dtype {x.dtype} (use uint8 or float)")
+    return x[:3].expand(3, -1, -1) if x.shape[0] != 4 else x[:3]
+
+
+class Transformed(torch.utils.data.Dataset):
+    """A dataset's images at ``resolution``: optionally resized (short side), cropped square
+    (``crop``: center or random) and randomly flipped (``xflip``); ``user=True`` also converts
+    and checks each item (``as_image``). Indexed by an int (center crop, no flip) or by
+    ``(index, draw)``: the random offset and flip of that draw (``StepBatchSampler(keyed=True)``).
+    """
+
+    def __init__(self, base, resolution: int, resize: bool = False, crop: str = "center", xflip: bool = False,
+                 seed: int = 0, user: bool = False, source: str = "dataset"):
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        self.base, self.resolution, self.resize, self.crop, self.xflip = base, resolution, resize, crop, xflip
+        self.seed, self.user, self.source = seed, user, source
+        self.random_draws = crop == "random" or xflip  # make_loader then passes (index, draw) keys
+        self.in_memory = isinstance(base, torch.utils.data.TensorDataset)
+        if user:
+            self[0]  # the first item: one clear error now rather than in a worker
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        i, draw = key if isinstance(key, tuple) else (key, None)
+        item = self.base[i]
+        x = as_image(item, f"{self.source}[{i}]") if self.user else item[0]
+        r = self.resolution
+        if self.resize:
+            x = resize_short_side(x, r)
+        h, w = x.shape[-2:]
+        if (h, w) != (r, r) and (not self.resize or min(h, w) != r):
+            raise DataError(f"{self.source}[{i}]: image is {w}x{h} but the model is built for {r}x{r}; {RESIZE_HINT}")
+        rng = _draw_rng(self.seed, draw) if draw is not None and self.random_draws else None
+        top, left = (h - r) // 2, (w - r) // 2
+        if self.crop == "random" and rng is not None:
+            top, left = int(rng.integers(0, h - r + 1)), int(rng.integers(0, w - r + 1))
+        x = x[:, top:top + r, left:left + r]
+        if self.xflip and rng is not None and rng.random() < 0.5:
+            x = x.flip(-1)
+        return (x.contiguous(),)
+
+
 def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed: int = 0,
-                 resolutions: tuple[int, ...] | None = None):
-    """A Dataset of [3, R, R] images: the embedded shapes (path None), an .npz, or a folder.
+                 resolutions: tuple[int, ...] | None = None, resize: bool = False, crop: str = "center",
+                 xflip: bool = False):
+    """A Dataset of [3, R, R] images: the embedded shapes (path None, with ``labels`` and
+    ``classes``), an .npz, or a folder.
     ``resolutions``: the sizes the models support (named when the data fits none of them).
+    ``resize``, ``crop``, ``xflip``: see the module docstring (an .npz is resized once, here).
     An .npz dataset's ``note`` says which value range was assumed."""
-    if path is None:
-        return torch.utils.data.TensorDataset(make_shapes(n_embedded, resolution, seed))
+    if path is None:  # its ``labels`` (int64 [N]) index ``classes``, the shape of each image
+        images, attrs = make_shapes(n_embedded, resolution, seed, return_attributes=True)
+        ds = torch.utils.data.TensorDataset(images)
+        ds.labels, ds.classes = attrs["label"], SHAPE_CLASSES
+        return Transformed(ds, resolution, False, crop, xflip, seed) if xflip or crop == "random" else ds
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
     if os.path.isdir(path):
+        if resize:
+            return Transformed(ImageFolder(path, same_size=False), resolution, True, crop, xflip, seed, source=path)
         ds = ImageFolder(path)
         res = ds.resolution
     elif path.endswith(".npz"):
         x, note = _load_npz(path)
-        if x.shape[-1] != x.shape[-2]:
-            raise DataError(f"{path}: images are {x.shape[-2]}x{x.shape[-1]}; fastgan's models need square images")
-        ds, res = torch.utils.data.TensorDataset(x.expand(-1, 3, -1, -1).contiguous()), x.shape[-1]
+        if resize:
+            x = resize_short_side(x, resolution)
+        elif x.shape[-1] != x.shape[-2]:
+            raise DataError(f"{path}: images are {x.shape[-1]}x{x.shape[-2]}; fastgan's models need square images: "
+                            f"{RESIZE_HINT}")
+        ds, res = torch.utils.data.TensorDataset(x.expand(-1, 3, -1, -1).contiguous()), min(x.shape[-2:])
         ds.note = note
     else:
         raise DataError(f"{path}: expected a folder of images or an .npz file")
     if res != resolution:
-        fix = (f"pass --resolution {res}" if resolutions is None or res in resolutions else
-               f"fastgan's models take {' or '.join(map(str, resolutions))} px images: resize them")
+        fix = (f"pass --resolution {res}, or {RESIZE_HINT}" if resolutions is None or res in resolutions else
+               f"fastgan's models take {' or '.join(map(str, resolutions))} px images: {RESIZE_HINT}")
         raise DataError(f"{path}: images are {res}x{res} but the model is built for {resolution}x{resolution}; {fix}")
+    if resize or xflip or crop == "random":  # an .npz resized above: its long side is cropped per item
+        wrapped = Transformed(ds, resolution, resize, crop, xflip, seed, source=path)
+        wrapped.note = getattr(ds, "note", None)
+        return wrapped
     return ds
 
+
+def user_dataset(data, resolution: int, resize: bool = False, crop: str = "center", xflip: bool = False,
+                 seed: int = 0):
+    """A user's torch Dataset as fastgan's training data (``Trainer(cfg, dataset=...)``): every
+    item is converted and checked (``as_image``), then resized / cropped / flipped like a folder."""
+    if not isinstance(data, torch.utils.data.Dataset) or isinstance(data, torch.utils.data.IterableDataset):
+        raise DataError(f"dataset must be a map-style torch Dataset (with __len__ and __getitem__) or a "
+                        f"DataLoader, got {type(data).__name__}")
+    try:
+        n = len(data)
+    except TypeError:
+        raise DataError(f"dataset {type(data).__name__} has no __len__") from None
+    if n == 0:
+        raise DataError(f"dataset {type(data).__name__} is empty")
+    return Transformed(data, resolution, resize, crop, xflip, seed, user=True, source=f"dataset {type(data).__name__}")
+
+
+class LoaderBatches:
+    """A user's DataLoader as the trainer's batch iterator: its batches in its own order, epoch
+    after epoch, each converted and checked (``as_image``, per image) and of ``batch`` images;
+    ``skip`` batches are drawn and dropped first (a resume: exact when the loader's order is
+    deterministic, e.g. a seeded ``generator``)."""
+
+    def __init__(self, loader, batch: int, resolution: int, skip: int = 0):
+        self.loader, self.batch, self.resolution = loader, batch, resolution
+        self.it, self.n = iter(loader), 0
+        for _ in range(skip):
+            self._next_raw()
+
+    def _next_raw(self):
+        try:
+            item = next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            item = next(self.it, None)
+            if item is None:
+                raise DataError("the DataLoader yields no batches") from None
+        self.n += 1
+        return item
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._next_raw()
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        where = f"DataLoader batch {self.n - 1}"
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise DataError(f"{where}: expected a batch tensor [B, C, H, W] or a tuple (images, ...), got "
+                            f"{type(x).__name__} {list(getattr(x, 'shape', []))}")
+        r = self.resolution
+        if x.shape[0] != self.batch or x.shape[-2:] != (r, r):
+            raise DataError(f"{where}: shape {list(x.shape)}, but training needs [{self.batch}, C, {r}, {r}] "
+                            "(batch_size per process; use drop_last=True)")
+        return (torch.stack([as_image(img, where) for img in x]),)
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -221,10 +402,12 @@ class StepBatchSampler(torch.utils.data.Sampler):
     drawn from ``(seed, s // per_epoch)``. Starting at any step reproduces the same sequence,
     which is what exact resume needs. Under data parallelism each rank takes its contiguous
     share of the global batch. Incomplete batches are dropped (fixed shapes for CUDA graphs).
+    ``keyed``: each index comes as ``(index, draw number)``, the draw number counting the images
+    of the global batch stream (``Transformed`` draws its random crop and flip from it).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, end_step: int | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, keyed: bool = False):
         if batch_size > n:
             raise DataError(f"batch size {batch_size} is larger than the dataset ({n} images)")
         if batch_size % world_size:
@@ -233,6 +416,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self.start, self.end = start_step, end_step
         self.rank, self.world = rank, world_size
         self.per_epoch = n // batch_size
+        self.keyed = keyed
 
     def indices(self, step: int) -> list[int]:
         epoch, i = divmod(step, self.per_epoch)
@@ -245,7 +429,11 @@ class StepBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         step = self.start
         while self.end is None or step < self.end:
-            yield self.indices(step)
+            idx = self.indices(step)
+            if self.keyed:  # (index, draw number): draw numbers count images of the global batch stream
+                first = step * self.batch + self.rank * (self.batch // self.world)
+                idx = [(i, first + j) for j, i in enumerate(idx)]
+            yield idx
             step += 1
 
     def __len__(self):
@@ -259,8 +447,10 @@ def make_loader(dataset, batch_size: int, seed: int, start_step: int, end_step: 
     The loader has its own seeded generator (its workers' seeds): creating an iterator draws
     nothing from the global torch generator, whose stream a resumed run must continue exactly."""
     if workers is None:
-        workers = 0 if isinstance(dataset, torch.utils.data.TensorDataset) else min(8, os.cpu_count() or 1)
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, end_step, rank, world_size)
+        in_memory = getattr(dataset, "in_memory", isinstance(dataset, torch.utils.data.TensorDataset))
+        workers = 0 if in_memory else min(8, os.cpu_count() or 1)
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, end_step, rank, world_size,
+                               keyed=getattr(dataset, "random_draws", False))
     pin = device.type == "cuda"
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
                                        persistent_workers=workers > 0,

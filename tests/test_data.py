@@ -181,6 +181,6 @@ def test_unusable_files_are_clear_errors_at_load(tmp_path):
     odd = tmp_path / "odd"
     odd.mkdir()
     _write_png(odd / "a.png", (48, 48))
-    with pytest.raises(DataError, match="fastgan's models take 32 or 64 px images: resize them") as info:
+    with pytest.raises(DataError, match="fastgan's models take 32 or 64 px images: pass --resize") as info:
         load_dataset(str(odd), 32, resolutions=(32, 64))
     assert "--resolution 48" not in str(info.value)

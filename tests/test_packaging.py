@@ -30,6 +30,7 @@ def test_regular_install_provides_fastgan_kernels(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("ok fastgan.kernels.bias_act")
     assert (target / "fastgan" / "benchmarks" / "gpu_check.sh").exists()
+    assert (target / "fastgan" / "apps" / "feature_net.pt").exists()  # the shipped feature net
 
 
 GPU_CHECK = os.path.join(ROOT, "benchmarks", "gpu_check.sh")

@@ -35,7 +35,8 @@ def test_short_run_learns_something(tmp_path):
     log = [json.loads(line) for line in open(os.path.join(cfg.out, "log.jsonl"))]
     assert len(log) == 30
     for rec in log:
-        for k in ("d_loss", "g_loss", "penalty", "d_acc", "images_per_s", "step_ms"):
+        assert "penalty" not in rec  # penalty "none": never computed, never logged
+        for k in ("d_loss", "g_loss", "d_acc", "images_per_s", "step_ms"):
             assert rec[k] is not None and torch.isfinite(torch.tensor(float(rec[k]))), (k, rec)
     accs = [r["d_acc"] for r in log]
     assert max(accs) - min(accs) > 0.1, f"D accuracy never moved: {accs}"
@@ -55,7 +56,8 @@ def test_every_loss_and_penalty_runs(tmp_path, loss, penalty):
     t.train()
     assert t.d_steps == 4 and t.step == 2
     last = t.history[-1]
-    assert all(torch.isfinite(torch.tensor(last[k])) for k in ("d_loss", "g_loss", "penalty"))
+    assert all(torch.isfinite(torch.tensor(last[k])) for k in ("d_loss", "g_loss"))
+    assert ("penalty" in last) == (penalty != "none")  # reg_interval 1: computed on every D step
     if penalty != "none":
         assert any(h["penalty"] > 0 for h in t.history)
 
@@ -256,7 +258,8 @@ def test_fused_models_track_plain_torch_step_by_step(tmp_path, penalty):
     plain.train()
     fused.train()
     for a, b in zip(plain.history, fused.history):
-        for k in ("d_loss", "g_loss", "penalty"):
+        assert a.get("penalty_step") == b.get("penalty_step")
+        for k in ("d_loss", "g_loss", "penalty")[:3 if "penalty" in a else 2]:
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), (a["step"], k, a[k], b[k])
     # Adam moves a parameter by about lr per step whatever its gradient's size, so rounding
     # differences in near-zero gradients can flip individual updates: bound by 2 * lr * steps.
@@ -288,3 +291,67 @@ def test_trains_from_a_folder_of_images_with_workers(tmp_path):
     assert len(t.dataset) == 8
     summary = t.train()
     assert summary["status"] == "completed" and t.step == 2
+
+
+class _FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter: records the calls."""
+    calls: list = []
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append(("scalar", tag, value, step))
+
+    def add_image(self, tag, img, step, dataformats="CHW"):
+        self.calls.append(("image", tag, img, step, dataformats))
+
+    def add_hparams(self, hparams, metrics, run_name=None):
+        self.calls.append(("hparams", hparams, metrics, run_name))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_penalty_is_logged_only_where_computed_with_sample_images_and_hparams(tmp_path, monkeypatch):
+    """Lazy R1 every 4th D step (steps 1 and 5 of 6), records every 2nd step: the records of steps 2
+    and 6 carry the penalty of steps 1 and 5, step 4's has none (it used to log 0 on every record);
+    TensorBoard gets the penalty at the steps that computed it, the sample grids and the config."""
+    import types
+
+    _FakeWriter.calls = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
+    cfg = tiny(tmp_path, steps=6, log_every=2, sample_every=3, penalty="r1", reg_interval=4, tensorboard=True,
+               xflip=True)
+    Trainer(cfg).train()
+    log = [json.loads(line) for line in open(os.path.join(cfg.out, "log.jsonl"))]
+    assert [(r["step"], r.get("penalty_step")) for r in log] == [(2, 1), (4, None), (6, 5)]
+    assert all(r["penalty"] > 0 for r in log if "penalty" in r) and "penalty" not in log[1]
+    calls = _FakeWriter.calls
+    assert [c[3] for c in calls if c[:2] == ("scalar", "penalty")] == [1, 5]
+    assert [c[3] for c in calls if c[:2] == ("scalar", "d_loss")] == [2, 4, 6]
+    images = [c for c in calls if c[0] == "image"]
+    assert [(c[1], c[3], c[4]) for c in images] == [("samples", 3, "HWC"), ("samples", 6, "HWC")]
+    assert images[0][2].dtype.name == "uint8" and images[0][2].shape == (8 * 34 + 2, 8 * 34 + 2, 3)
+    (hp,) = [c for c in calls if c[0] == "hparams"]
+    assert hp[1]["reg_interval"] == 4 and hp[1]["xflip"] is True and hp[1]["crop"] == "center"
+    assert all(isinstance(v, (bool, int, float, str)) for v in hp[1].values())
+    assert set(hp[2]) == {"hparam/d_loss", "hparam/g_loss"} and hp[3] == "hparams" and calls[-1] == ("close",)
+    # n_critic 2: R1 on D steps 0 and 4, the first of G steps 1 and 3; their penalty is reported
+    t = Trainer(tiny(tmp_path / "nc", steps=3, n_critic=2, penalty="r1", reg_interval=4, g_width=4, d_width=4))
+    t.train()
+    assert [h.get("penalty_step") for h in t.history] == [1, None, 3]
+    assert all(h["penalty"] > 0 for h in t.history if "penalty" in h)
+
+
+def test_tensorboard_event_file_reads_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny(tmp_path, steps=6, log_every=2, sample_every=3, penalty="r1", reg_interval=4, tensorboard=True)
+    Trainer(cfg).train()
+    acc = EventAccumulator(os.path.join(cfg.out, "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("penalty")] == [1, 5]
+    assert [e.step for e in acc.Images("samples")] == [3, 6]
+    assert os.path.isdir(os.path.join(cfg.out, "tb", "hparams"))

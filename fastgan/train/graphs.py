@@ -395,9 +395,11 @@ class TrainerGraphs:
         r1 = tr._r1_due()
         buf = self.stats[:len(self.d_names)]
 
+        keep = () if tr._penalty_due() else ("penalty",)  # the last computed penalty stays in its slot
+
         def d_graph_step():
             stats = tr._d_update(self.static_real, r1, set_to_none=False)
-            buf.copy_(torch.stack([stats[k].float() for k in self.d_names]))
+            buf.copy_(torch.stack([buf[i] if k in keep else stats[k].float() for i, k in enumerate(self.d_names)]))
 
         self.run("d_r1" if r1 else "d", d_graph_step)
         tr.d_steps += 1

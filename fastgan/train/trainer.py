@@ -44,7 +44,7 @@ import torch
 from .. import functional as FG
 from ..atomic import FolderLock, atomic_write, atomic_write_json, remove_stale_temporaries
 from ..backend import backend_for_device, use_backend
-from ..data import DataError, data_error_line, load_dataset, make_loader
+from ..data import DataError, LoaderBatches, data_error_line, load_dataset, make_loader, user_dataset
 from ..models import build_dcgan
 from ..monitor import ResourceMonitor
 from . import distributed as dist_util
@@ -86,12 +86,9 @@ def image_format(path: str) -> str:
     return IMAGE_FORMATS[ext]
 
 
-def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] ([N, C, H, W]) as one grid, atomically, in the format of the
-    file name's extension (``image_format``)."""
-    from PIL import Image
-
-    fmt = image_format(path)
+def image_grid(images: torch.Tensor, nrow: int | None = None):
+    """Images in [-1, 1] ([N, C, H, W]) as one uint8 grid image (numpy, [H, W, C]; [H, W] for C 1),
+    ``nrow`` images a row (default: a square), 2 px black borders."""
     images = images.detach().float().cpu().clamp(-1, 1)
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
@@ -101,19 +98,49 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
         r, q = divmod(i, nrow)
         grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = images[i]
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    if c == 1:
-        arr = arr[:, :, 0]
+    return arr[:, :, 0] if c == 1 else arr
+
+
+def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] ([N, C, H, W]) as one grid (``image_grid``), atomically, in the
+    format of the file name's extension (``image_format``)."""
+    from PIL import Image
+
+    fmt = image_format(path)
+    arr = image_grid(images, nrow)
     options = {"quality": 95} if fmt == "JPEG" else {}
     atomic_write(path, lambda f: Image.fromarray(arr).save(f, format=fmt, **options), binary=True)
 
 
 class Trainer:
-    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``."""
+    """Holds G, D, G_ema, the optimizers and the data; ``train()`` runs to ``cfg.steps``.
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print):
+    ``Trainer(cfg)`` with ``cfg.model == "stylegan2"`` is a :class:`fastgan.train.stylegan2.StyleGAN2Trainer`
+    (this loop with StyleGAN2's models, style mixing, path length and EMA half-life)."""
+
+    resolutions = RESOLUTIONS      # the image sizes this trainer's models take
+    supports_graphs = True         # the D, D+R1 and G steps can be captured (graphs.TrainerGraphs)
+    # model name -> its Trainer subclass (registered by fastgan.train.stylegan2, imported by fastgan.train)
+    model_trainers: dict = {}
+
+    def __new__(cls, cfg: TrainConfig = None, *args, **kwargs):
+        model = getattr(cfg, "model", "dcgan")
+        if cls is Trainer and model != "dcgan":
+            if model not in cls.model_trainers:
+                raise ValueError(f"no trainer registered for model {model!r} (import fastgan.train)")
+            cls = cls.model_trainers[model]
+        return super().__new__(cls)
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
         but for the fields a resumed run may change (``config.RESUMABLE``: steps, out, logging,
-        device, learning rates, ...); those changes are reported through ``log``."""
+        device, learning rates, ...); those changes are reported through ``log``.
+
+        ``dataset``: the training data instead of ``cfg.data`` (which must then be None): a
+        map-style torch Dataset of images or (image, label) tuples, uint8 [0, 255] or float
+        [-1, 1], [C, H, W] (``fastgan.data.user_dataset``: fastgan's step sampler, resize, crop and
+        xflip apply), or a DataLoader, whose batches are taken as they come (``data.LoaderBatches``;
+        cfg's resize / crop / xflip must be off). Pass the same one again to resume."""
         self.log = log
         state, changes = None, {}
         if resume is not None:
@@ -141,11 +168,16 @@ class Trainer:
             raise ValueError("bf16 autocast (amp) is for CUDA devices; use amp=False on the CPU")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, RESOLUTIONS)
-        if cfg.batch_size > len(self.dataset):
+        self.user_loader = None
+        if dataset is None:
+            self.dataset = load_dataset(cfg.data, cfg.resolution, cfg.n_embedded, cfg.seed, self.resolutions,
+                                        cfg.resize, cfg.crop, cfg.xflip)
+        else:
+            self.dataset = self._user_data(cfg, dataset)
+        if self.user_loader is None and cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.G, self.D = build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
+        self.G, self.D = self._build_models()
         self.G.to(self.device)
         self.D.to(self.device)
         if self.device.type == "cuda":
@@ -154,7 +186,9 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_graphs = False
         if cfg.cuda_graphs:
-            why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+            why = (graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+                   if self.supports_graphs else f"cuda_graphs: no captured steps for model {cfg.model} yet; "
+                                                "running eager steps")
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -168,6 +202,7 @@ class Trainer:
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
+        self._last_penalty = None  # the last penalty a D step computed (d_step's "penalty")
         self.history: list[dict] = []
         self.diverged: str | None = None  # what became non-finite, and at which step
         torch.manual_seed(cfg.seed * 31 + self.dist.rank)
@@ -182,6 +217,23 @@ class Trainer:
         dist_util.broadcast_module_(self.D, self.dist)
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
+
+    def _user_data(self, cfg: TrainConfig, data):
+        """A user's Dataset (wrapped: checked, resized, cropped, flipped) or DataLoader (kept in
+        ``user_loader``; ``dataset`` is its dataset)."""
+        if cfg.data is not None:
+            raise ValueError(f"give the data either as cfg.data ({cfg.data!r}) or as dataset=, not both")
+        if isinstance(data, torch.utils.data.DataLoader):
+            if cfg.resize or cfg.xflip or cfg.crop != "center":
+                raise ValueError("resize, crop and xflip apply to a Dataset, not to a DataLoader's batches: pass "
+                                 "the Dataset (dataset=loader.dataset) or transform in your loader")
+            self.user_loader = data
+            return data.dataset
+        return user_dataset(data, cfg.resolution, cfg.resize, cfg.crop, cfg.xflip, cfg.seed)
+
+    def _build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        cfg = self.cfg
+        return build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -311,6 +363,26 @@ class Trainer:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device, generator=self.noise)
 
+    def _penalty_due(self) -> bool:
+        """This D step computes the penalty (WGAN-GP and R1 + R2: every D step; lazy R1: ``_r1_due``)."""
+        return self.cfg.penalty in ("wgan-gp", "r1+r2") or self._r1_due()
+
+    def _fake(self, n: int) -> torch.Tensor:
+        """n generated images (G's forward on fresh noise from the trainer's generator)."""
+        return self.G(self._z(n))
+
+    def ema_beta(self) -> float:
+        """The EMA decay for the coming G step (``ema.ema_decay_at``)."""
+        return ema_decay_at(self.step, self.cfg.ema_decay)
+
+    def log_fields(self, step: int, step_s: float) -> dict:
+        """Extra fields of a log record (a model's trainer adds its own)."""
+        return {}
+
+    def progress_fields(self, rec: dict) -> dict:
+        """Extra fields of the progress bar, from a log record."""
+        return {}
+
     def _r1_due(self) -> bool:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
@@ -322,7 +394,7 @@ class Trainer:
             n = real.shape[0]
             self.D.requires_grad_(True)
             with torch.no_grad(), self._autocast():
-                fake = self.G(self._z(n))
+                fake = self._fake(n)
             fake = fake.to(real.dtype)
             penalty = torch.zeros((), device=self.device)
             real_logits = None
@@ -354,7 +426,7 @@ class Trainer:
         with self._ops():
             self.D.requires_grad_(False)  # no D weight gradients in the G step
             with self._autocast():
-                fake_logits = self.D(self.G(self._z(n)))
+                fake_logits = self.D(self._fake(n))
             loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
             self.opt_g.zero_grad(set_to_none=set_to_none)
             loss.backward()
@@ -371,15 +443,20 @@ class Trainer:
         return contextlib.nullcontext() if self.cfg.fused else use_backend("eager")
 
     def d_step(self, real: torch.Tensor) -> dict:
-        """One discriminator update; returns detached scalars (no host sync)."""
+        """One discriminator update; returns detached scalars (no host sync). ``penalty`` is the
+        last one computed (0 before the first): lazy R1 skips most D steps, and the stats of a
+        G step are its last D step's (graph mode keeps it in its stats slot alike)."""
         if self.graphs is not None:
             return self.graphs.d_step(real)
+        computed = self._penalty_due()
         stats = self._d_update(real, self._r1_due())
         self.d_steps += 1
-        return stats
+        if computed or self._last_penalty is None:
+            self._last_penalty = stats["penalty"]
+        return dict(stats, penalty=self._last_penalty)
 
     def g_step(self, n: int) -> dict:
-        self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))  # outside any graph
+        self._ema_decay.fill_(self.ema_beta())  # outside any graph
         if self.graphs is not None:
             return self.graphs.g_step(n)
         return self._g_update(n)
@@ -392,12 +469,13 @@ class Trainer:
 
     def train_step(self, reals: list[torch.Tensor]) -> dict:
         """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
-        G step. Returns detached 0-d tensors (no host sync). With CUDA graphs they are views of
-        one fresh vector (not the graphs' static memory), so they may be kept."""
+        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics
+        (``d_step``). With CUDA graphs they are views of one fresh vector (not the graphs' static
+        memory), so they may be kept."""
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
-            self._ema_decay.fill_(ema_decay_at(self.step, self.cfg.ema_decay))
+            self._ema_decay.fill_(self.ema_beta())
             stats = self.graphs.train_step(reals)
         else:
             for real in reals:
@@ -443,10 +521,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def sample(self, path: str) -> None:
+    def sample(self, path: str) -> torch.Tensor:
+        """Write G_ema's images of the fixed noise as a grid; returns them."""
         with torch.no_grad(), self._ops():
             images = self.G_ema(self.fixed_z.to(self.device))
         save_image_grid(images, path, nrow=8)
+        return images
 
     def train(self) -> dict:
         """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
@@ -465,8 +545,12 @@ class Trainer:
     def _train(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         start_step = self.step
-        loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic,
-                             cfg.steps * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
+        if self.user_loader is not None:
+            loader = LoaderBatches(self.user_loader, cfg.batch_size // self.dist.world_size, cfg.resolution,
+                                   skip=start_step * cfg.n_critic)
+        else:
+            loader = make_loader(self.dataset, cfg.batch_size, cfg.seed, start_step * cfg.n_critic, cfg.steps
+                                 * cfg.n_critic, self.device, cfg.workers, self.dist.rank, self.dist.world_size)
         monitor = ResourceMonitor() if main else None  # time, energy, memory: OUT/resources.json
         with _StopOnSignal() as stop:  # the summary too: a repeated Ctrl-C must not cut it short
             with RunLog(self, start_step) as log, monitor or contextlib.nullcontext():
@@ -503,7 +587,7 @@ class Trainer:
                 monitor.step(cfg.batch_size * cfg.n_critic)
             log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
             if main and (self.step % cfg.sample_every == 0 or last):
-                self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png"))
+                log.samples(self.step, self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png")))
             if self.step % cfg.ckpt_every == 0 or last:
                 log.flush()
                 self._checkpoint()
@@ -577,7 +661,14 @@ class RunLog:
     the statistics arrive a few steps late (``graphs.AsyncStats``: no host sync per step) and the
     step time is the device time between two logged steps. A non-finite statistic sets the
     trainer's ``diverged``. ``log.jsonl`` keeps the records up to the step the run starts from
-    (a resumed run continues its log, a new run starts a new one)."""
+    (a resumed run continues its log, a new run starts a new one).
+
+    ``penalty`` is recorded only as computed: lazy R1 runs on every ``reg_interval``-th D step, so
+    a record carries ``penalty`` and ``penalty_step``, the last step since the previous record
+    one of whose D steps computed it, or no ``penalty`` when none did (nor ever with penalty
+    "none"); TensorBoard plots it at ``penalty_step``. TensorBoard also gets the sample
+    grids (tag "samples", at the sample interval) and, when the run ends, the config as hparams
+    (run "hparams", with the last losses as its metrics)."""
 
     def __init__(self, trainer: "Trainer", start_step: int):
         cfg = trainer.cfg
@@ -601,6 +692,8 @@ class RunLog:
             self.tb = SummaryWriter(os.path.join(cfg.out, "tb"))
         self.t_start = self.t_last = time.perf_counter()
         self.step_last = start_step
+        self.held = None  # (step, penalty) of a step that computed it since the last record
+        self.kinds: dict[int, tuple[bool, bool]] = {}  # graph mode: pushed step -> (due, penalty computed)
 
     def __enter__(self):
         return self
@@ -609,22 +702,44 @@ class RunLog:
         if exc[0] is None:
             self.flush()
         self.elapsed = time.perf_counter() - self.t_start
+        if self.tb is not None:
+            last = self.trainer.history[-1] if self.trainer.history else {}
+            self.tb.add_hparams(_hparams(self.cfg), {f"hparam/{k}": last[k] for k in ("d_loss", "g_loss") if k in last},
+                                run_name="hparams")
         for sink in (self.bar, self.tb):
             if sink is not None:
                 sink.close()
         return False
 
+    def _penalty_computed(self) -> bool:
+        """Whether one of the step's D steps computed the penalty (WGAN-GP: each; lazy R1: every
+        ``reg_interval``-th D step); ``train_step`` returns that D step's penalty."""
+        cfg, last = self.cfg, self.trainer.d_steps
+        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and any(
+            d % cfg.reg_interval == 0 for d in range(last - cfg.n_critic, last)))
+
     def step(self, step: int, stats: dict, due: bool) -> None:
-        """After each step: advance the progress bar; record the statistics when ``due``."""
+        """After each step: advance the progress bar; record the statistics when ``due``; hold the
+        penalty of a step that computed it for the next record."""
         if self.bar is not None:
             self.bar.update(1)
-        if not due:
+        computed = self._penalty_computed()
+        if not (due or computed):
             return
         if self.pending is None:
-            self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter())  # host sync
+            if due:
+                self._emit({k: float(v) for k, v in stats.items()}, step, time.perf_counter(), computed=computed)
+            else:
+                self.held = (step, stats["penalty"])  # read at the next record: no host sync now
         else:
+            self.kinds[step] = (due, computed)
             self.pending.push(step, self.trainer.graphs.last_stats)
             self._drain()
+
+    def samples(self, step: int, images: torch.Tensor) -> None:
+        """The sample grid of ``step`` (TensorBoard's "samples" image)."""
+        if self.tb is not None:
+            self.tb.add_image("samples", image_grid(images, nrow=8), step, dataformats="HWC")
 
     def flush(self) -> None:
         self._drain(wait_all=True)
@@ -632,15 +747,27 @@ class RunLog:
     def _drain(self, wait_all: bool = False) -> None:
         if self.pending is not None:
             for step, values, step_ms, t_host in self.pending.ready(wait_all):
-                self._emit(dict(zip(D_STATS + G_STATS, values)), step, t_host, step_ms)
+                values = dict(zip(D_STATS + G_STATS, values))
+                due, computed = self.kinds.pop(step)
+                if due:
+                    self._emit(values, step, t_host, step_ms, computed)
+                else:
+                    self.held = (step, values["penalty"])
 
-    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None) -> None:
+    def _emit(self, values: dict, step: int, now: float, device_step_ms: float | None = None,
+              computed: bool = True) -> None:
         cfg = self.cfg
+        values = dict(values)
+        penalty = values.pop("penalty", None)
+        held, self.held = ((step, penalty) if computed else self.held), None
+        if held is not None:
+            values.update(penalty=float(held[1]), penalty_step=held[0])
         dt = (now - self.t_last) / max(1, step - self.step_last)
         if device_step_ms is not None:
             dt = device_step_ms / 1e3
         rec = dict(values, step=step, step_ms=dt * 1e3,
-                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start)
+                   images_per_s=cfg.batch_size * cfg.n_critic / dt if dt > 0 else None, time_s=now - self.t_start,
+                   **self.trainer.log_fields(step, dt))
         self.t_last, self.step_last = now, step
         self.trainer.history.append(rec)
         bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
@@ -652,11 +779,19 @@ class RunLog:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k not in ("step", "penalty", "penalty_step") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+            if "penalty" in rec:
+                self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                 img_s=f"{rec['images_per_s']:.0f}")
+                                 img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec))
+
+
+def _hparams(cfg: TrainConfig) -> dict:
+    """The config as TensorBoard hparams (numbers, strings and booleans; anything else as text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in cfg.to_dict().items()}
 
 
 def _record_step(line: str) -> float:

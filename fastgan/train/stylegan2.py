@@ -1,0 +1,204 @@
+"""StyleGAN2's training recipe on the Trainer's loop (``TrainConfig(model="stylegan2")``).
+
+Per iteration (one optimiser step per network, the regularisers added to its loss):
+  D step: loss = softplus(D(fake)) + softplus(-D(real))   (non-saturating logistic, ``loss="ns"``)
+          + every ``reg_interval``-th (16) D step: R1 = gamma * interval / 2 * mean ||dD(real)/dreal||^2,
+          gamma by default 0.0002 * R^2 / batch (NVlabs' heuristic); D runs once on the real batch.
+          ``penalty="r1+r2"`` (the R3GAN recipe): R1 + R2 (the same on the fake batch) on every D step,
+          each pass's logits reused for the loss.
+  G step: loss = softplus(-D(G(z)))
+          + every ``pl_interval``-th (4) G step: the path-length penalty on batch // pl_batch_shrink samples,
+            weight pl_weight * pl_interval:
+                J = d(sum(G(w) * y)) / dw,  y ~ N(0, I) / sqrt(H W);   l = sqrt(mean_layers ||J||^2)
+                a <- a + pl_decay * (mean(l) - a);                    P = mean (l - a)^2
+          (its input gradient is taken inside ``no_weight_gradients()``, as R1's).
+  Style mixing: each generated image takes, with probability ``style_mixing`` (0.9), the ws of a
+  second latent from a random layer on (per sample, drawn on the device: no host sync).
+  w_avg (the mapping network's, for truncation) follows the D step's latents.
+  EMA: G_ema <- beta G_ema + (1 - beta) G, beta = 0.5 ** (batch / h), the half-life
+  h = ema_kimg * 1000 images, ramped up as h = min(h, images_seen * ema_rampup).
+Augmentation (``augment="diffaug"``): D sees ``augment.diff_augment`` of every real and fake
+batch (G's loss included); R1 is taken through it.
+Precision: with ``amp`` (CUDA) the top 4 resolutions of G and D run in bfloat16 with the conv
+clamp 256 (the models do it per block; no autocast). No CUDA graphs for these steps yet.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from .. import functional as FG
+from ..functional.gradfix import no_weight_gradients
+from ..models.stylegan2 import build_stylegan2
+from . import distributed as dist_util
+from .augment import diff_augment
+from .config import STYLEGAN2_RESOLUTIONS
+from .ema import ema_update_
+from .trainer import Trainer, save_image_grid
+
+__all__ = ["StyleGAN2Trainer", "ema_half_life_beta", "BF16_RESOLUTIONS"]
+
+BF16_RESOLUTIONS = 4  # with amp: the top 4 resolutions of G and D in bfloat16 (NVlabs: fp16 in the top 4)
+
+
+def ema_half_life_beta(batch: int, images_seen: int, ema_kimg: float, ema_rampup: float | None) -> float:
+    """The EMA decay whose half-life is ``ema_kimg`` thousand images (ramped up), for one batch."""
+    nimg = ema_kimg * 1000
+    if ema_rampup is not None:
+        nimg = min(nimg, images_seen * ema_rampup)
+    return 0.5 ** (batch / max(nimg, 1e-8))
+
+
+class StyleGAN2Trainer(Trainer):
+    """The Trainer with StyleGAN2's models and recipe (see the module doc)."""
+
+    resolutions = STYLEGAN2_RESOLUTIONS
+    supports_graphs = False
+
+    def _build_models(self):
+        cfg = self.cfg
+        self.pl_mean = torch.zeros((), device=self.device)  # the path lengths' running mean (checkpointed)
+        self._update_w_avg = False
+        return build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
+                               cfg.mapping_layers, num_bf16_res=BF16_RESOLUTIONS if self.amp else 0, fused=cfg.fused)
+
+    def _autocast(self):
+        return contextlib.nullcontext()  # the models choose each block's precision
+
+    def ema_beta(self) -> float:
+        cfg = self.cfg
+        return ema_half_life_beta(cfg.batch_size, self.step * cfg.batch_size * cfg.n_critic, cfg.ema_kimg,
+                                  cfg.ema_rampup)
+
+    def log_fields(self, step: int, step_s: float) -> dict:
+        """kimg (thousands of real images shown to D) and seconds per kimg of the last steps."""
+        per_step = self.cfg.batch_size * self.cfg.n_critic
+        return {"kimg": step * per_step / 1000, "s_per_kimg": step_s * 1000 / per_step if step_s > 0 else None}
+
+    def progress_fields(self, rec: dict) -> dict:
+        out = {"kimg": f"{rec['kimg']:.3f}", "r1": f"{rec['penalty']:.3g}", "pl": f"{rec['pl_penalty']:.3g}"}
+        if rec.get("s_per_kimg") is not None:
+            out["s_kimg"] = f"{rec['s_per_kimg']:.1f}"
+        return out
+
+    # ------------------------------------------------------------------ generation
+
+    def _ws(self, n: int) -> torch.Tensor:
+        """ws [n, num_ws, w_dim] with per-sample style mixing."""
+        G, cfg = self.G, self.cfg
+        ws = G.mapping(self._z(n), update_emas=self._update_w_avg)
+        if cfg.style_mixing > 0:
+            ws2 = G.mapping(self._z(n))
+            mix = torch.rand(n, device=self.device, generator=self.noise) < cfg.style_mixing
+            cutoff = torch.randint(1, G.num_ws, (n,), device=self.device, generator=self.noise)
+            layer = torch.arange(G.num_ws, device=self.device)
+            take2 = (mix[:, None] & (layer[None] >= cutoff[:, None]))[:, :, None]
+            ws = torch.where(take2, ws2, ws)
+        return ws
+
+    def _fake(self, n: int) -> torch.Tensor:
+        return self.G.synthesis(self._ws(n), generator=self.noise)
+
+    def _path_length(self, n: int) -> torch.Tensor:
+        """The path-length penalty P (module doc) on ``n // pl_batch_shrink`` samples; updates pl_mean."""
+        cfg = self.cfg
+        m = max(n // cfg.pl_batch_shrink, 1)
+        ws = self._ws(m)
+        with no_weight_gradients():
+            img = self.G.synthesis(ws, generator=self.noise)
+            y = torch.randn(img.shape, device=self.device, generator=self.noise) / math.sqrt(img[0, 0].numel())
+            (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
+        mean = self.pl_mean.lerp(lengths.mean(), cfg.pl_decay)
+        self.pl_mean.copy_(mean.detach())
+        return (lengths - mean).square().mean()
+
+    # ------------------------------------------------------------------ steps
+
+    def _disc(self, x: torch.Tensor) -> torch.Tensor:
+        """D on (augmented, with ``augment="diffaug"``) images."""
+        if self.cfg.augment == "diffaug":
+            x = diff_augment(x, self.noise)
+        return self.D(x)
+
+    def _d_update(self, real, r1, set_to_none=True):
+        cfg = self.cfg
+        with self._ops():
+            n = real.shape[0]
+            self.D.requires_grad_(True)
+            self._update_w_avg = True  # w_avg follows the latents of the D step
+            try:
+                with torch.no_grad():
+                    fake = self._fake(n).to(real.dtype)
+            finally:
+                self._update_w_avg = False
+            penalty = torch.zeros((), device=self.device)
+            fake_logits = None
+            if cfg.penalty == "r1+r2":  # every step: R1 on the real batch, R2 on the fake one
+                r1_term, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=cfg.effective_gamma,
+                                                           return_logits=True)
+                r2_term, fake_logits = FG.gradient_penalty(self._disc, real, fake, kind="r2",
+                                                           gamma=cfg.effective_gamma, return_logits=True)
+                penalty = r1_term + r2_term
+            elif r1:  # through the augmentation: the gradient is with respect to the un-augmented image
+                gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
+                penalty, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=gamma,
+                                                           return_logits=True)
+            else:
+                real_logits = self._disc(real)
+            if fake_logits is None:
+                fake_logits = self._disc(fake)
+            loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
+            self.opt_d.zero_grad(set_to_none=set_to_none)
+            (loss + penalty).backward()
+            dist_util.average_gradients_(self.D.parameters(), self.dist)
+            self.opt_d.step()
+            with torch.no_grad():
+                acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
+            return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
+                    "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
+
+    def _pl_due(self) -> bool:
+        return self.cfg.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
+
+    def _g_update(self, n: int, set_to_none: bool = True) -> dict:
+        cfg = self.cfg
+        with self._ops():
+            self.D.requires_grad_(False)
+            fake_logits = self._disc(self._fake(n))
+            loss = FG.g_loss(fake_logits.float(), kind=cfg.loss)
+            pl = torch.zeros((), device=self.device)
+            total = loss
+            if self._pl_due():
+                pl = self._path_length(n)
+                total = loss + pl * (cfg.pl_weight * cfg.pl_interval)
+            self.opt_g.zero_grad(set_to_none=set_to_none)
+            total.backward()
+            dist_util.average_gradients_(self.G.parameters(), self.dist)
+            self.opt_g.step()
+            dist_util.broadcast_buffers_(self.G, self.dist)
+            self.D.requires_grad_(True)
+            ema_update_(self.G_ema, self.G, self._ema_decay)
+            return {"g_loss": loss.detach(), "pl_penalty": pl.detach(), "pl_mean": self.pl_mean.clone()}
+
+    # ------------------------------------------------------------------ state and samples
+
+    def state_dict(self, rng_per_rank=None) -> dict:
+        state = super().state_dict(rng_per_rank)
+        state["pl_mean"] = self.pl_mean.detach().cpu().clone()
+        return state
+
+    def _load_state(self, state: dict, path: str) -> None:
+        super()._load_state(state, path)
+        self.pl_mean.copy_(torch.as_tensor(state.get("pl_mean", 0.0), dtype=torch.float32))
+
+    def sample(self, path: str) -> None:
+        with torch.no_grad(), self._ops():
+            images = self.G_ema(self.fixed_z.to(self.device), truncation_psi=self.cfg.truncation_psi,
+                                noise_mode="const")
+        save_image_grid(images, path, nrow=8)
+
+
+Trainer.model_trainers["stylegan2"] = StyleGAN2Trainer
