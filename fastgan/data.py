@@ -272,6 +272,7 @@ class Transformed(torch.utils.data.Dataset):
         self.seed, self.user, self.source = seed, user, source
         self.random_draws = crop == "random" or xflip  # make_loader then passes (index, draw) keys
         self.in_memory = isinstance(base, torch.utils.data.TensorDataset)
+        self.labels, self.classes = getattr(base, "labels", None), getattr(base, "classes", None)
         if user:
             self[0]  # the first item: one clear error now rather than in a worker
 
