@@ -150,15 +150,7 @@ class StyleGAN2Trainer(Trainer):
                 real_logits = self._disc(real)
             if fake_logits is None:
                 fake_logits = self._disc(fake)
-            loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
-            self.opt_d.zero_grad(set_to_none=set_to_none)
-            (loss + penalty).backward()
-            dist_util.average_gradients_(self.D.parameters(), self.dist)
-            self.opt_d.step()
-            with torch.no_grad():
-                acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
-            return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
-                    "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
+            return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
 
     def _pl_due(self) -> bool:
         return self.cfg.pl_weight > 0 and self.step % self.cfg.pl_interval == 0

@@ -411,15 +411,20 @@ class Trainer:
                 if cfg.penalty == "wgan-gp":
                     penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma,
                                                   generator=self.gp_eps)
-            loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=cfg.loss)
-            self.opt_d.zero_grad(set_to_none=set_to_none)
-            (loss + penalty).backward()
-            dist_util.average_gradients_(self.D.parameters(), self.dist)
-            self.opt_d.step()
-            with torch.no_grad():
-                acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
-            return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
-                    "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
+            return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
+
+    def _d_loss_step(self, real_logits, fake_logits, penalty, set_to_none: bool) -> dict:
+        """D's loss on the logits plus ``penalty``, backward, gradients averaged over the ranks, an
+        Adam step; returns the detached stats of a D step."""
+        loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=self.cfg.loss)
+        self.opt_d.zero_grad(set_to_none=set_to_none)
+        (loss + penalty).backward()
+        dist_util.average_gradients_(self.D.parameters(), self.dist)
+        self.opt_d.step()
+        with torch.no_grad():
+            acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
+        return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
+                "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
 
     def _g_update(self, n: int, set_to_none: bool = True) -> dict:
         """The G step body, EMA update included."""
