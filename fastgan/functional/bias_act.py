@@ -96,9 +96,10 @@ def _grad_backward(ctx, d_dx, d_db):
             d_x, d_b = BIAS_ACT_GRAD2(g, dy, x, b, *ctx.args, need_db)
             d_x = d_x if ctx.needs_input_grad[1] else None
             d_b = d_b if need_db else None
-        elif b is not None and ctx.needs_input_grad[2]:
-            # act'' = 0: b's gradient is zero, not None, as torch's (an optimizer step on this
-            # gradient alone, e.g. a lazy R1 step, still moves b by its Adam moments)
+        elif b is not None and ctx.needs_input_grad[2] and (act != "linear" or clamp is not None):
+            # act'' = 0 but act' depends on x + b (relu, lrelu, a clamp): b's gradient is zero,
+            # not None, as torch's (an optimizer step on this gradient alone, e.g. a lazy R1 step,
+            # still moves b by its Adam moments); a linear act' does not depend on b: None
             d_b = torch.zeros_like(b)
     return d_dy, d_x, d_b, None, None, None, None, None, None
 

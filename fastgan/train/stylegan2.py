@@ -78,7 +78,9 @@ class StyleGAN2Trainer(Trainer):
         return {"kimg": step * per_step / 1000, "s_per_kimg": step_s * 1000 / per_step if step_s > 0 else None}
 
     def progress_fields(self, rec: dict) -> dict:
-        out = {"kimg": f"{rec['kimg']:.3f}", "r1": f"{rec['penalty']:.3g}", "pl": f"{rec['pl_penalty']:.3g}"}
+        out = {"kimg": f"{rec['kimg']:.3f}", "pl": f"{rec['pl_penalty']:.3g}"}
+        if "penalty" in rec:  # only records with a step that computed it carry the penalty
+            out["r1"] = f"{rec['penalty']:.3g}"
         if rec.get("s_per_kimg") is not None:
             out["s_kimg"] = f"{rec['s_per_kimg']:.1f}"
         return out
