@@ -309,7 +309,8 @@ def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bo
     GPU: the largest tile of ``_TILES`` that still launches a full wave of CTAs (fixed rules, so
     the choice is CUDA-graph safe and costs no tuning launches; the per-shape dispatcher compares
     the result against cuDNN anyway). No 128 x 128 tile for the transposed convolution (whose
-    index math needs the registers): no spills (``fastgan bench --static`` checks it). Interpreter: few, large programs (each program is one numpy evaluation).
+    index math needs the registers): no spills (``fastgan bench --static`` checks it).
+    Interpreter: few, large programs (each program is one numpy evaluation).
     """
     np2 = triton.next_power_of_2
     if is_interpreted():

@@ -12,7 +12,8 @@ from fastgan import backend
 
 
 needs_interpreter = pytest.mark.skipif(
-    not backend.triton_interprets(), reason="Triton was imported compiled (GPU run); interpreter mode is fixed at import")
+    not backend.triton_interprets(),
+    reason="Triton was imported compiled (GPU run); interpreter mode is fixed at import")
 
 
 @pytest.fixture

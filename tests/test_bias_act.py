@@ -148,9 +148,10 @@ def test_every_launcher_reads_strided_vectors(kind, device):
     v = [VECTORS[kind](3).to(device) for _ in range(4)]
     c = [t.contiguous() for t in v]
     assert not v[0].is_contiguous()
-    assert torch.equal(K.bias_act_fwd(x, v[0], 1, "tanh", 0.0, 1.0, None), K.bias_act_fwd(x, c[0], 1, "tanh", 0.0, 1.0, None))
-    assert torch.equal(K.bias_act_fwd(x, v[0], 1, "tanh", 0.0, 1.0, None, scale=v[1], center=v[2]),
-                       K.bias_act_fwd(x, c[0], 1, "tanh", 0.0, 1.0, None, scale=c[1], center=c[2]))
+    act = (1, "tanh", 0.0, 1.0, None)
+    assert torch.equal(K.bias_act_fwd(x, v[0], *act), K.bias_act_fwd(x, c[0], *act))
+    assert torch.equal(K.bias_act_fwd(x, v[0], *act, scale=v[1], center=v[2]),
+                       K.bias_act_fwd(x, c[0], *act, scale=c[1], center=c[2]))
     for out, ref in zip(K.bias_act_bwd(g, x, v[0], 1, "tanh", 0.0, 1.0, None, need_db=True),
                         K.bias_act_bwd(g, x, c[0], 1, "tanh", 0.0, 1.0, None, need_db=True)):
         assert torch.equal(out, ref)

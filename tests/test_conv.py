@@ -365,6 +365,30 @@ def test_no_weight_gradients_skips_dw(device, monkeypatch):
     assert gx is not None and gw is None and gb is None
 
 
+
+def test_no_weight_gradients_keeps_a_weight_the_pass_differentiates_through(device, monkeypatch):
+    """StyleGAN's modulated weights w = p * s depend on the styles s: a path-length gradient with
+    respect to s inside no_weight_gradients() needs dw (it was dropped: a wrong or missing
+    gradient); a weight computed from parameters only (p * gain) is still skipped."""
+    monkeypatch.setenv("FASTGAN_CONV", "triton")
+    x = torch.randn(1, 2, 5, 5, device=device)
+    p = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
+    s = torch.randn(1, 2, 1, 1, device=device, requires_grad=True)
+
+    def grad_s(skip):
+        with no_weight_gradients(skip):
+            (g,) = torch.autograd.grad(conv2d_act(x, p * s, act="lrelu").square().sum(), s)
+        return g
+
+    assert_close(grad_s(True), grad_s(False), torch.float32, "d/ds inside no_weight_gradients")
+    seen = []
+    wgrad = fastgan.functional.conv.CONV_WEIGHT_GRAD
+    monkeypatch.setattr(fastgan.functional.conv, "CONV_WEIGHT_GRAD", lambda *a: seen.append(1) or wgrad(*a))
+    xg = x.clone().requires_grad_()
+    with no_weight_gradients():
+        torch.autograd.grad(conv2d_act(xg, p * 2.0, act="lrelu").sum(), xg)
+    assert not seen, "a weight computed from parameters only had its gradient computed"
+
 # ----------------------------------------------------------------------------- modules
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "tconv"])
@@ -545,13 +569,12 @@ def test_split_k_matches_the_reference(transposed, dtype, device):
     w = torch.randn(6, 3, 3, 3, device=device) * 0.3 if transposed else torch.randn(3, 6, 3, 3, device=device) * 0.3
     b = torch.randn(3, device=device)
     for split in (1, 3):
+        k, args = backend.kernels(), (x.to(dtype), w.to(dtype), b.to(dtype))
         if transposed:
-            y, z = backend.kernels().conv_transpose2d_act_fwd(x.to(dtype), w.to(dtype), b.to(dtype), 2, 1, 1, 1, 1, "tanh",
-                                                      0.0, 1.3, 0.9, store_z=True, split_k=split)
+            y, z = k.conv_transpose2d_act_fwd(*args, 2, 1, 1, 1, 1, "tanh", 0.0, 1.3, 0.9, store_z=True, split_k=split)
             ref_z = F.conv_transpose2d(x.double(), w.double(), None, 2, 1, 1)
         else:
-            y, z = backend.kernels().conv2d_act_fwd(x.to(dtype), w.to(dtype), b.to(dtype), 1, 1, 1, 1, "tanh", 0.0, 1.3, 0.9,
-                                            store_z=True, split_k=split)
+            y, z = k.conv2d_act_fwd(*args, 1, 1, 1, 1, "tanh", 0.0, 1.3, 0.9, store_z=True, split_k=split)
             ref_z = F.conv2d(x.double(), w.double(), None, 1, 1)
         ref_y = (torch.tanh(ref_z + b.double().view(1, -1, 1, 1)) * 1.3).clamp(-0.9, 0.9)
         assert_close(z, ref_z, dtype, f"z split {split}")

@@ -25,7 +25,8 @@ def assert_same(out, ref, what):
     out, ref = out.detach().double(), ref.detach().double()
     assert out.shape == ref.shape, what
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True,
-                               msg=lambda m: f"{what}:\n{m}\nout={out.flatten().tolist()}\nref={ref.flatten().tolist()}")
+                               msg=lambda m: f"{what}:\n{m}\nout={out.flatten().tolist()}\n"
+                                             f"ref={ref.flatten().tolist()}")
 
 
 def _special(*shape):
@@ -80,7 +81,8 @@ def test_conv_epilogue(act, transposed, monkeypatch):
     y64 = resolve_act(act, clamp=0.8).reference(ref_conv(x64, w64, None) + b64.view(1, -1, 1, 1))
     assert_same(y, y64, f"{act} y")
     dy = torch.randn_like(y)
-    for name, out, ref in zip(("dx", "dw", "db"), _grads(y, [xs, ws, bs], dy), _grads(y64, [x64, w64, b64], dy.double())):
+    grads, grads64 = _grads(y, [xs, ws, bs], dy), _grads(y64, [x64, w64, b64], dy.double())
+    for name, out, ref in zip(("dx", "dw", "db"), grads, grads64):
         assert_same(out, ref, f"{act} {name}")
 
 

@@ -4,8 +4,9 @@
 Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``, three
 launches each way: a statistics pass, a per-channel merge, one normalise + affine + activation
 pass forward; a reduction pass, a per-channel sum, one pointwise pass backward. The running
-statistics take one more launch (``torch._foreach_lerp_`` of both buffers). Evaluation mode (running statistics) is an affine map per
-channel: ``F.batch_norm`` followed by the fused ``bias_act``. The eager backend is
+statistics take one more launch (``torch._foreach_lerp_`` of both buffers). Evaluation mode
+(running statistics) is an affine map per channel: ``F.batch_norm`` followed by the fused
+``bias_act``. The eager backend is
 ``F.batch_norm`` + the activation reference. Both modes are differentiable twice, so a
 gradient penalty (R1, WGAN-GP) through a batch-normalised critic is exact.
 

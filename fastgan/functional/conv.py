@@ -41,7 +41,7 @@ from ..kernels.geometry import ConvGeom
 from .activations import ActSpec, resolve_act
 from .bias_act import BIAS_ACT_GRAD, _bias_act_ref
 from .fused_op import FusedOp, fresh_like
-from .gradfix import weight_gradients_enabled
+from .gradfix import weight_gradient_wanted
 
 __all__ = ["conv2d_act", "conv_transpose2d_act"]
 
@@ -130,9 +130,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dy, dz_extra):
     x, w, b, z = ctx.saved_tensors
     geom, spec, need = ctx.geom, ctx.spec, ctx.needs_input_grad
-    weights_on = weight_gradients_enabled()
-    want_w = need[1] and weights_on
-    want_b = b is not None and need[2] and weights_on
+    want_w = need[1] and weight_gradient_wanted(w)
+    want_b = b is not None and need[2] and weight_gradient_wanted(b)
     dz = db = None
     if dy is not None:
         if z is not None:  # the pre-activation z (pre-bias: b is added) or the output y (ctx.from_y)

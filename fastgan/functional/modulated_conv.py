@@ -38,7 +38,7 @@ from .conv2d_resample import _check as _check_resample
 from .conv2d_resample import _conv2d_resample_ref, conv2d_resample
 from .fma import FMA
 from .fused_op import FusedOp
-from .gradfix import weight_gradients_enabled
+from .gradfix import weight_gradient_wanted
 
 __all__ = ["modulated_conv2d", "modconv_coeffs"]
 
@@ -65,7 +65,7 @@ def _backward(ctx, g):
     q = w.square().sum(dim=(2, 3))
     ds = 2 * s * (de @ q) if ctx.needs_input_grad[0] else None
     dw = None
-    if ctx.needs_input_grad[1] and weight_gradients_enabled():
+    if ctx.needs_input_grad[1] and weight_gradient_wanted(w):
         dw = 2 * w * (de.t() @ s.square())[:, :, None, None]
     return ds, dw, None
 
