@@ -356,6 +356,22 @@ def _auto_on_off(value: str):
     return choices[value]
 
 
+_NO_EMA = "use G instead of its moving average"
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+
+
+def _add_generator_run(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """The options of a command that runs a checkpoint's generator: --device, --no-ema
+    (and --no-progress)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-ema", action="store_true", help=_NO_EMA)
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
@@ -453,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sample.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    _add_checkpoint(sample)
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--out", default="samples.png", help="image file to write (.png, .jpg, .webp or .bmp)")
     sample.add_argument("--seed", type=int, default=0, help="noise seed")
-    sample.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    sample.add_argument("--no-ema", action="store_true", help=_NO_EMA)
     sample.add_argument("--truncation-psi", type=float, default=1.0,
                         help="stylegan2: w <- w_avg + psi (w - w_avg) (default: 1.0, none)")
     sample.set_defaults(func=cmd_sample)
@@ -467,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Generate N images, take N real ones (the run's data, or --data), and compute "
                                     "the metrics on the shapes feature net's features (not comparable with "
                                     "Inception-FID) or on InceptionV3's (--inception-weights).")
-    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    _add_checkpoint(ev)
     ev.add_argument("--data", default=None, help="real images: a folder or .npz (default: the run's own data)")
     ev.add_argument("--metrics", default="fid,kid,pr", help="comma-separated: fid, kid, pr")
     ev.add_argument("--n", type=int, default=2048, help="generated (and real) images")
@@ -478,9 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=256, help="images per generator / feature batch")
     ev.add_argument("--inception-weights", default=None, metavar="PATH",
                     help="InceptionV3 state_dict in torchvision's format (needs torchvision; never downloads)")
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ev.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_generator_run(ev)
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="export N generated images (ImageFolder layout + manifest)",
@@ -489,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "class (unconditional models: unconditional/), or one images.npz, and a "
                                      "manifest.json (checkpoint SHA-256, seed, count, class of each file) marked "
                                      "complete only at the end. --resume continues an interrupted run exactly.")
-    gen.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    _add_checkpoint(gen)
     gen.add_argument("--n", type=int, required=True, help="number of images")
     gen.add_argument("--out", required=True, help="output folder (new or empty, or an interrupted one with --resume)")
     gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
@@ -498,9 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
                      help="scale the latents by PSI in (0, 1]: more typical images, less variety")
     gen.add_argument("--resume", action="store_true", help="continue an interrupted generate in OUT")
-    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    gen.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
-    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_generator_run(gen)
     gen.set_defaults(func=cmd_generate)
 
     inp = sub.add_parser("inpaint", help="repair images where a mask is white (GAN inversion)",
@@ -508,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Find the latent whose image matches the known pixels (masked L2, a perceptual "
                                      "term on the shapes feature net, a Gaussian prior; Adam from several random "
                                      "starts), then blend it into the hole with a feathered mask.")
-    inp.add_argument("--checkpoint", required=True, help="a checkpoint written by fastgan train")
+    _add_checkpoint(inp)
     inp.add_argument("--image", required=True, help="an image file, or a folder of images")
     inp.add_argument("--mask", required=True, help="a mask image (white = repair), or a folder with the same names")
     inp.add_argument("--out", required=True, help="output PNG (one image) or folder")
@@ -518,8 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--prior", type=float, default=1e-3, help="weight of the latent prior mean(z^2)")
     inp.add_argument("--feather", type=float, default=1.0, help="blend ramp width in pixels (Gaussian sigma)")
     inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
-    inp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    inp.add_argument("--no-ema", action="store_true", help="use G instead of its moving average")
+    _add_generator_run(inp, progress=False)
     inp.set_defaults(func=cmd_inpaint)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")

@@ -51,3 +51,14 @@ def _seed(request):
 @pytest.fixture
 def device():
     return TEST_DEVICE
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models and small float64 matrices: one intra-op thread (OpenMP's spinning threads cost
+    more than they give at these sizes, much more on a shared machine). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,14 +15,7 @@ from fastgan.models import Generator
 from fastgan.train import TrainConfig, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (OpenMP's spinning threads cost more than they give at
-    these sizes, much more on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from fastgan.apps.metrics import fid_from_features
 from fastgan.data import SHAPE_CLASSES, load_dataset, make_shapes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (OpenMP's spinning threads cost more than they give at
-    these sizes, much more on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_embedded_labels_match_the_drawn_shapes():

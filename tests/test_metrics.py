@@ -8,14 +8,7 @@ import torch
 from fastgan.apps import metrics as M
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small float64 matrices: one intra-op thread (spinning OpenMP threads cost more than they give
-    at these sizes, much more on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _exact_moments(n, mu, sigma, g):

@@ -12,13 +12,7 @@ from fastgan.models.stylegan2 import build_stylegan2, channels_at, minibatch_std
 
 from .utils import TOL, assert_close, rel_err
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(resolution=16, z_dim=16, w_dim=16, channel_base=64, channel_max=16, mapping_layers=2)
