@@ -29,7 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 CASE = dict(resolution=64, loss="wgan", penalty="wgan-gp", n_critic=1)
 _NOT_LAUNCHES = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_", "resize_",
                  "lift_fresh", "_has_compatible_shallow_copy_type", "is_same_size", "sym_size", "sym_stride",
-                 "sym_numel", "sym_storage_offset", "record_stream", "_unsafe_view"}
+                 "sym_numel", "sym_storage_offset", "record_stream", "_unsafe_view",
+                 "_record_function_enter_new", "_record_function_exit"}  # profiler ranges (optimizer.step)
 
 
 def _is_launch(func) -> bool:

@@ -14,6 +14,9 @@ What is fused
      normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
      mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes a ``FoldedActivation``.
      Differentiable twice in both modes, so gradient penalties through it are exact.
+   - ``Conv2d`` / ``ConvTranspose2d`` followed by such a fused batch norm -> the convolution runs
+     fastgan's conv with ``bn_partials``: in training mode its epilogue computes the batch
+     statistics' per-tile partials, and the batch norm skips its own statistics pass.
 
    A Sequential is assumed to be called as a whole (``self.main(x)``): one that is only used
    as a list and iterated with other code between its children would be misread.
@@ -355,6 +358,7 @@ def _fused_class(base: type) -> type:
             "__doc__": f"{base.__name__} running fastgan's fused op (made by fastgan.accelerate).",
             "_fastgan_base": base,
             "_fastgan_fused": True,
+            "bn_partials": False,  # read by the conv forwards (fastgan.nn.conv)
         })
         _FUSED_CLASSES[base] = cls
     return cls
@@ -481,6 +485,31 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
             report.replaced.append(Replacement(full, pattern, fusion.act, fusion.alpha, fusion.gain, "sequential",
                                                act_full))
             i += 2
+
+
+def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
+    """In every Sequential, a convolution right before a fused batch norm (the sequential pass
+    fused it with its activation) computes the batch norm's statistics partials in its epilogue:
+    fused with a linear epilogue (if it is not fused yet) and ``bn_partials`` set."""
+    for seq_name, seq in list(model.named_modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        items = [(k, m) for k, m in seq._modules.items() if m is not None]
+        for (name, m), (bn_name, bn) in zip(items, items[1:]):
+            kind = _kind_of(m)
+            if kind is None or kind.base not in (nn.Conv2d, nn.ConvTranspose2d) or not isinstance(bn, nn.BatchNorm2d) \
+                    or not is_fused(bn):
+                continue
+            pattern = f"{_label(m)}+{type(bn)._fastgan_base.__name__}"
+            reason = _fusable_reason(m, kind, refs)
+            if reason is not None:
+                if reason != "already fused":
+                    report.left.append(Skipped(_join(seq_name, name), pattern, reason))
+                continue
+            _swap_to_fused(m, _Fusion("linear"))
+            m.bn_partials = True
+            report.replaced.append(Replacement(_join(seq_name, name), pattern, "linear", None, 1.0, "sequential",
+                                               f"{_join(seq_name, bn_name)}'s statistics pass"))
 
 
 # ============================================================================= fx pass
@@ -741,7 +770,7 @@ def restore(model: nn.Module) -> nn.Module:
         if is_fused(m):
             # Parametrized<Fused<Base>> -> the Parametrized<Base> it was made from; Fused<Base> -> Base
             m.__class__ = cls.__dict__.get("_fastgan_unfused", cls._fastgan_base)
-            for attr in ("_fastgan_fusion", *_EPILOGUE):
+            for attr in ("_fastgan_fusion", "bn_partials", *_EPILOGUE):
                 m.__dict__.pop(attr, None)
         elif getattr(cls, "_fastgan_fx", False):
             m.__class__ = cls._fastgan_fx_base
@@ -800,6 +829,7 @@ def accelerate(model: nn.Module, inplace: bool = True, dtype: torch.dtype | None
     rep = AccelerateReport(copied=copied)
     refs = _reference_counts(model)
     _sequential_pass(model, refs, rep, batch_norm)
+    _conv_batch_norm_pass(model, refs, rep)
     if fx:
         _fx_pass(model, refs, rep, batch_norm)
     _report_unfused(model, rep)

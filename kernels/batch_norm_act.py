@@ -35,7 +35,7 @@ from .bias_act import (_blocks, _dense, _num_warps, _partial_sum_offsets, _parti
                        channel_sums, partials_layout, reduce_blocks)
 from .common import check_launch_dtype, split_float, vector
 
-__all__ = ["bn_stats", "bn_act_bwd", "STATS_ROWS"]
+__all__ = ["bn_stats", "bn_finalize", "bn_act_bwd", "STATS_ROWS"]
 
 # rows of the per-channel statistics tensor [4, C] that bn_stats returns
 STATS_ROWS = ("mean", "var", "scale", "unbiased_var")
@@ -71,11 +71,18 @@ def _bn_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr, OUTER, C, INNER,
 
 
 @triton.jit
-def _bn_finalize_kernel(count_ptr, mean_ptr, m2_ptr, x_ptr, w_ptr, stats_ptr, T, TI, C, INNER, eps, eps_lo,
-                        HAS_WEIGHT: tl.constexpr, IS_F64: tl.constexpr, BLOCK_T: tl.constexpr,
+def _bn_finalize_kernel(count_ptr, mean_ptr, m2_ptr, x_ptr, w_ptr, stats_ptr, rm_ptr, rv_ptr, nbt_ptr,
+                        T, TI, C, INNER, eps, eps_lo, momentum, momentum_lo,
+                        HAS_SHIFT: tl.constexpr, HAS_WEIGHT: tl.constexpr, IS_F64: tl.constexpr, RUNNING: tl.constexpr,
+                        COUNT: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr):
     """Merge each channel's T tiles (Chan et al.: counts n_a, n_b, means, M2s) and write
-    stats[:, c] = (s + mean, var, w * invstd, var * n / (n - 1))."""
+    stats[:, c] = (s + mean, var, w * invstd, var * n / (n - 1)) (s = 0 without HAS_SHIFT: partials
+    of x itself, as the conv epilogue writes).
+
+    RUNNING: running_mean/var <- running + f * (batch mean / unbiased var - running), with
+    f = momentum, or (CUMULATIVE) f = 1 / num_batches_tracked, the counter already counting this
+    batch. COUNT: program 0 adds 1 to num_batches_tracked (no program reads it then)."""
     chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = chans < C
     if IS_F64:
@@ -99,7 +106,10 @@ def _bn_finalize_kernel(count_ptr, mean_ptr, m2_ptr, x_ptr, w_ptr, stats_ptr, T,
         m2_a = m2_a + m2_b + delta * delta * n_a * frac
         n_a = total
     n_a = tl.maximum(n_a, 2.0)  # masked channels (the launcher refuses M <= 1)
-    shift = tl.load(x_ptr + chans.to(tl.int64) * INNER, mask=ok, other=0.0).to(zero.dtype)
+    if HAS_SHIFT:
+        shift = tl.load(x_ptr + chans.to(tl.int64) * INNER, mask=ok, other=0.0).to(zero.dtype)
+    else:
+        shift = zero
     var = m2_a / n_a
     scale = 1.0 / tl.sqrt(var + scalar_arg(eps, eps_lo, IS_F64))
     if HAS_WEIGHT:
@@ -107,7 +117,22 @@ def _bn_finalize_kernel(count_ptr, mean_ptr, m2_ptr, x_ptr, w_ptr, stats_ptr, T,
     tl.store(stats_ptr + chans, shift + mean_a, mask=ok)
     tl.store(stats_ptr + C + chans, var, mask=ok)
     tl.store(stats_ptr + 2 * C + chans, scale, mask=ok)
-    tl.store(stats_ptr + 3 * C + chans, m2_a / (n_a - 1.0), mask=ok)
+    unbiased = m2_a / (n_a - 1.0)
+    tl.store(stats_ptr + 3 * C + chans, unbiased, mask=ok)
+    if RUNNING:
+        if CUMULATIVE:
+            f = 1.0 / tl.load(nbt_ptr).to(zero.dtype)
+        else:
+            f = scalar_arg(momentum, momentum_lo, IS_F64)
+        rm = tl.load(rm_ptr + chans, mask=ok, other=0.0)
+        rv = tl.load(rv_ptr + chans, mask=ok, other=0.0)
+        rm_new = rm.to(zero.dtype) + f * (shift + mean_a - rm.to(zero.dtype))
+        rv_new = rv.to(zero.dtype) + f * (unbiased - rv.to(zero.dtype))
+        tl.store(rm_ptr + chans, rm_new.to(rm_ptr.dtype.element_ty), mask=ok)
+        tl.store(rv_ptr + chans, rv_new.to(rv_ptr.dtype.element_ty), mask=ok)
+    if COUNT:
+        if tl.program_id(0) == 0:
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
 
 
 @triton.jit
@@ -184,12 +209,19 @@ def _launch_args(x: torch.Tensor, act: str, clamp, cl: bool, block_r: int, block
                 BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i), **flags)
 
 
-def bn_stats(x: torch.Tensor, dim: int = 1, weight: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+def bn_stats(x: torch.Tensor, dim: int = 1, weight: torch.Tensor | None = None, eps: float = 1e-5,
+             running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+             num_batches_tracked: torch.Tensor | None = None, momentum: float | None = 0.1) -> torch.Tensor:
     """Per-channel statistics along ``dim`` as one tensor [4, C] in float32 (float64 for float64):
     rows ``STATS_ROWS`` = mean, biased var, scale = weight / sqrt(var + eps) (1 / sqrt(var + eps)
-    without a weight) and the unbiased var (for the running statistics)."""
+    without a weight) and the unbiased var. Two launches: the per-tile partials, their merge.
+
+    The merge also updates the running statistics in place when both are given, as torch's
+    batch norm does: ``running += f * (batch value - running)`` with f = ``momentum``, and adds 1
+    to ``num_batches_tracked`` when given. ``momentum=None`` is torch's cumulative average
+    (f = 1 / num_batches_tracked): then the caller counts this batch first (``add_(1)``), since
+    the kernel's programs read the counter."""
     check_launch_dtype(x)
-    weight = vector(weight)
     x, (outer, c, inner) = _dense(x, dim)
     if outer * inner <= 1:
         raise ValueError(f"batch statistics need more than one element per channel, got [{outer}, {c}, {inner}]")
@@ -197,14 +229,56 @@ def bn_stats(x: torch.Tensor, dim: int = 1, weight: torch.Tensor | None = None, 
     cl, block_r, block_i, n = _blocks(outer, c, inner)
     shape, tiles, tiles_i = partials_layout(outer, c, inner, cl, block_r, block_i)
     count, mean, m2 = (torch.empty(shape, dtype=acc, device=x.device) for _ in range(3))
-    is_f64 = x.dtype == torch.float64
-    _bn_stats_kernel[(n,)](x, count, mean, m2, outer, c, inner, IS_F64=is_f64, CHANNELS_LAST=cl,
+    _bn_stats_kernel[(n,)](x, count, mean, m2, outer, c, inner, IS_F64=x.dtype == torch.float64, CHANNELS_LAST=cl,
                            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=_num_warps(block_r, block_i))
-    stats = torch.empty((len(STATS_ROWS), c), dtype=acc, device=x.device)
+    return _finalize((count, mean, m2), tiles, tiles_i, c, (x, inner), weight, eps, running_mean, running_var,
+                     num_batches_tracked, momentum)
+
+
+def bn_finalize(partials, weight: torch.Tensor | None = None, eps: float = 1e-5,
+                running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+                num_batches_tracked: torch.Tensor | None = None, momentum: float | None = 0.1) -> torch.Tensor:
+    """``bn_stats``'s result from per-tile partials of x itself, (count, mean, M2), each [T, C] as
+    ``conv_act_fwd(..., bn_partials=)`` writes them: one launch, running statistics and counter
+    as ``bn_stats``."""
+    count = partials[0]
+    if count.dim() != 2 or count.shape[0] < 1 or any(p.shape != count.shape or not p.is_contiguous()
+                                                     for p in partials):
+        raise ValueError(f"partials must be three contiguous [T, C] tensors (T >= 1), got "
+                         f"{[tuple(p.shape) for p in partials]}")
+    return _finalize(partials, count.shape[0], 1, count.shape[1], None, weight, eps, running_mean, running_var,
+                     num_batches_tracked, momentum)
+
+
+def _finalize(partials, tiles: int, tiles_i: int, c: int, shift, weight, eps, running_mean, running_var,
+              num_batches_tracked, momentum) -> torch.Tensor:
+    """The merge launch: stats [4, C] from the partials (of x - x[0, c, 0] with ``shift`` = (x,
+    INNER) of the dense [OUTER, C, INNER] view; of x itself with None), running statistics
+    updated."""
+    count, mean, m2 = partials
+    weight = vector(weight)
+    running = running_mean is not None and running_var is not None
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if running and (not t.is_contiguous() or t.shape != (c,) or t.device != count.device):
+            raise ValueError(f"{name} must be a contiguous [{c}] tensor on {count.device}, got "
+                             f"{tuple(t.shape)} on {t.device}")
+    if running and momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked")
+    if num_batches_tracked is not None and (num_batches_tracked.numel() != 1
+                                            or num_batches_tracked.device != count.device):
+        raise ValueError(f"num_batches_tracked must be a one-element tensor on {count.device}, got shape "
+                         f"{tuple(num_batches_tracked.shape)} on {num_batches_tracked.device}")
+    stats = torch.empty((len(STATS_ROWS), c), dtype=count.dtype, device=count.device)
     block_c, block_t = reduce_blocks(c, tiles)
+    x, inner = shift if shift is not None else (stats, 1)
     _bn_finalize_kernel[(triton.cdiv(c, block_c),)](
-        count, mean, m2, x, weight if weight is not None else x, stats, tiles, tiles_i, c, inner, *split_float(eps),
-        HAS_WEIGHT=weight is not None, IS_F64=is_f64, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
+        count, mean, m2, x, weight if weight is not None else stats, stats,
+        running_mean if running else stats, running_var if running else stats,
+        num_batches_tracked if num_batches_tracked is not None else stats,
+        tiles, tiles_i, c, inner, *split_float(eps), *split_float(momentum if momentum is not None else 0.0),
+        HAS_SHIFT=shift is not None, HAS_WEIGHT=weight is not None, IS_F64=count.dtype == torch.float64,
+        RUNNING=running, COUNT=running and num_batches_tracked is not None and momentum is not None,
+        CUMULATIVE=running and momentum is None, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
     return stats
 
 

@@ -53,7 +53,7 @@ from .activation import ACT_IDS, act_clamp, act_fwd, scalar_arg
 from .common import check_launch_dtype, is_channels_last, is_interpreted, split_float, vector
 from .geometry import ConvGeom
 
-__all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last"]
+__all__ = ["conv_act_fwd", "conv2d_act_fwd", "conv_transpose2d_act_fwd", "output_channels_last", "bn_partial_rows"]
 
 
 @triton.jit
@@ -99,7 +99,7 @@ def _accumulate(acc, a, b, IS_F64: tl.constexpr, UPCAST: tl.constexpr, ROUND_TF3
 
 @triton.jit
 def _conv_act_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr, P_SPLIT,
+        x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr, P_SPLIT, cnt_ptr, mean_ptr, m2_ptr, C_OUT,
         N, CIG, H, W, COG, OH, OW, OHP, OWP,
         sx_n, sx_c, sx_h, sx_w,
         sw_g, sw_o, sw_i, sw_h, sw_w,
@@ -109,8 +109,8 @@ def _conv_act_kernel(
         TRANSPOSED: tl.constexpr, TAP_LOOP: tl.constexpr, ACT: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
         IS_F64: tl.constexpr, TF32: tl.constexpr, ROUND_TF32: tl.constexpr, UPCAST: tl.constexpr,
-        RTNE_BF16: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr):
+        RTNE_BF16: tl.constexpr, SPLIT_K: tl.constexpr, BN_STATS: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_gp = tl.program_id(1)
     n_nblocks = (COG + BLOCK_N - 1) // BLOCK_N
@@ -243,15 +243,38 @@ def _conv_act_kernel(
     if SPLIT_K > 1:  # a partial sum, in y's layout, in slice program_id(2) of the fp32 buffer
         tl.store(p_ptr + tl.program_id(2).to(tl.int64) * P_SPLIT + out_offs, acc, mask=out_ok)
     else:
-        _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan[None, :], co_ok[None, :], alpha, gain, clamp,
-                  alpha_lo, gain_lo, clamp_lo, ACT, HAS_BIAS, HAS_CLAMP, STORE_Z, IS_F64, RTNE_BF16)
+        y = _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan[None, :], co_ok[None, :], alpha, gain, clamp,
+                      alpha_lo, gain_lo, clamp_lo, ACT, HAS_BIAS, HAS_CLAMP, STORE_Z, IS_F64, RTNE_BF16)
+        if BN_STATS:  # batch-norm partials of this tile: row pid_m * phases + phase, columns chan
+            if TRANSPOSED:
+                row = pid_m * (STR_H * STR_W) + phase
+            else:
+                row = pid_m
+            _bn_partials(y.to(y_ptr.dtype.element_ty).to(acc.dtype), out_ok, row, chan, co_ok, cnt_ptr, mean_ptr,
+                         m2_ptr, C_OUT)
+
+
+@triton.jit
+def _bn_partials(y, ok, row, chan, chan_ok, cnt_ptr, mean_ptr, m2_ptr, C):
+    """Per output channel of one tile, the count, mean and M2 = sum (y - mean)^2 of the stored y
+    (``kernels.batch_norm_act``'s per-tile partials, merged by Chan's formula), at [row, chan] of
+    [T, C] buffers."""
+    ones = tl.where(ok, 1.0, 0.0).to(y.dtype)
+    n = tl.sum(ones, axis=0)
+    mean = tl.sum(tl.where(ok, y, 0.0), axis=0) / tl.maximum(n, 1.0)
+    d = tl.where(ok, y - mean[None, :], 0.0)
+    offs = row.to(tl.int64) * C + chan
+    tl.store(cnt_ptr + offs, n, mask=chan_ok)
+    tl.store(mean_ptr + offs, mean, mask=chan_ok)
+    tl.store(m2_ptr + offs, tl.sum(d * d, axis=0), mask=chan_ok)
 
 
 @triton.jit
 def _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan, chan_ok, alpha, gain, clamp, alpha_lo, gain_lo,
               clamp_lo, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, STORE_Z: tl.constexpr,
               IS_F64: tl.constexpr, RTNE_BF16: tl.constexpr):
-    """Store z = acc (when asked) and y = clamp(act(acc + b[chan]) * gain) at out_offs."""
+    """Store z = acc (when asked) and y = clamp(act(acc + b[chan]) * gain) at out_offs; returns y
+    (in the accumulator's dtype, before the cast to y's)."""
     if STORE_Z:
         if RTNE_BF16:
             tl.store(z_ptr + out_offs, _round_bf16_rtne(acc).to(z_ptr.dtype.element_ty), mask=out_ok)
@@ -269,6 +292,7 @@ def _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan, chan_ok, alpha, 
     if RTNE_BF16:
         y = _round_bf16_rtne(y)
     tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=out_ok)
+    return y
 
 
 @triton.jit
@@ -320,7 +344,7 @@ def _blocks(m: int, cog: int, cig: int, k: int, dtype: torch.dtype, tap_loop: bo
         block_k = min(max(16, np2(cig if tap_loop else k)), 128)
         block_m = min(max(16, np2(m)), 1024)
         if dtype == torch.float64:  # the fp64 path materialises a [BM, BK, BN] product
-            while block_m * block_k * block_n > (1 << 21) and block_m > 16:
+            while block_m * block_k * block_n > (1 << 20) and block_m > 16:  # triton.TRITON_MAX_TENSOR_NUMEL
                 block_m //= 2
         return tap_loop, block_m, block_n, block_k, 4, 1
     if tap_loop is None:
@@ -367,8 +391,57 @@ def _split_k(ctas: int, k: int, block_k: int) -> int:
     return max(1, min(triton.cdiv(SMS, ctas), triton.cdiv(k, block_k) // 4, 32))
 
 
+class _Plan:
+    """The launch geometry of one convolution: output shape and format, the implicit GEMM's
+    rows (output pixels of one phase and group), the tiling and the split-K factor."""
+
+    def __init__(self, x, w, geom: ConvGeom, tap_loop=None, split_k=None, dense_y: bool = True):
+        (sh, sw), (dh, dw), groups = geom.stride, geom.dilation, geom.groups
+        n_, c_in, h, w_in = x.shape
+        kh, kw = w.shape[2], w.shape[3]
+        self.oh, self.ow = geom.output_hw((h, w_in), (kh, kw))
+        if geom.transposed:
+            self.cig, self.cog = c_in // groups, w.shape[1]
+            self.ohp, self.owp = triton.cdiv(self.oh, sh), triton.cdiv(self.ow, sw)
+            self.step = (sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))
+            self.phases = sh * sw
+        else:
+            self.cig, self.cog = w.shape[1], w.shape[0] // groups
+            self.ohp, self.owp = self.oh, self.ow
+            self.step = (1, 1)
+            self.phases = 1
+        self.rows, self.grid1 = n_ * self.ohp * self.owp, groups * self.phases
+        self.cout = self.cog * groups
+        self.shape = (n_, self.cout, self.oh, self.ow)
+        self.k_total = kh * kw * self.cig
+        self.tap, self.bm, self.bn, self.bk, self.warps, self.stages = _blocks(
+            self.rows, self.cog, self.cig, self.k_total, x.dtype, tap_loop, self.grid1)
+        self.ctas = triton.cdiv(self.rows, self.bm) * triton.cdiv(self.cog, self.bn)
+        if not dense_y:  # (a given y of other strides: the split epilogue walks dense memory)
+            split_k = 1
+        elif split_k is None:
+            split_k = 1 if is_interpreted() else _split_k(self.ctas * self.grid1, self.k_total, self.bk)
+        self.split_k = split_k
+        if split_k > 1:
+            self.tap = False  # the flattened K walk
+
+    def bn_partial_rows(self) -> int:
+        """Rows T of the [T, Cout] batch-norm partials the epilogue writes (one per row tile and
+        phase); 0 when it writes none (split-K: no program holds a finished tile)."""
+        return 0 if self.split_k > 1 else triton.cdiv(self.rows, self.bm) * self.phases
+
+
+def bn_partial_rows(x: torch.Tensor, w: torch.Tensor, geom: ConvGeom) -> int:
+    """The rows T of the batch-norm partials (count, mean, M2, each [T, Cout] in float32, float64
+    for float64) that ``conv_act_fwd(..., bn_partials=)`` fills for this convolution with a
+    linear epilogue; 0 when this launch cannot (then run ``bn_stats`` on the output)."""
+    if x.numel() == 0 or w.numel() == 0:
+        return 0
+    return _Plan(x, w, geom).bn_partial_rows()
+
+
 def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False,
-                 y=None, z=None, tap_loop=None, split_k=None):
+                 y=None, z=None, tap_loop=None, split_k=None, bn_partials=None):
     """y = clamp(act(conv(x, w) + b) * gain) for the convolution ``geom`` describes (conv2d or
     conv_transpose2d); returns ``(y, z)`` with z = conv(x, w) (pre-bias) when ``store_z`` else None.
 
@@ -377,33 +450,31 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
     F.conv2d). ``y``/``z`` may be given as preallocated outputs of the right shape (any strides;
     z's must equal y's). ``tap_loop`` forces the K-walk and ``split_k`` the number of CTAs sharing
     a tile's K (None: heuristics; split-K sums float32 partials in a second, elementwise kernel).
+    ``bn_partials``: (count, mean, m2) buffers of shape [``bn_partial_rows``, Cout] that the
+    epilogue fills with each tile's batch-norm partials of the stored y (a linear epilogue
+    without clamp only: the statistics of the convolution's output).
     Arguments are assumed valid (the functional layer checks them).
     """
     check_launch_dtype(x, w, b)
     if act not in ACT_IDS:
         raise ValueError(f"unknown activation {act!r}")
-    (sh, sw), (ph, pw), (dh, dw), groups = geom.stride, geom.padding, geom.dilation, geom.groups
+    if bn_partials is not None and (act != "linear" or gain != 1.0 or clamp is not None):
+        raise ValueError("bn_partials are the statistics of a linear epilogue's output (act 'linear', gain 1, "
+                         "no clamp)")
+    (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
     transposed = geom.transposed
     n_, c_in, h, w_in = x.shape
     kh, kw = w.shape[2], w.shape[3]
-    oh, ow = geom.output_hw((h, w_in), (kh, kw))
-    if transposed:
-        cig = c_in // groups
-        cog = w.shape[1]
-        ohp, owp = triton.cdiv(oh, sh), triton.cdiv(ow, sw)
-        step_h, step_w = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
-        rows, grid1 = n_ * ohp * owp, groups * sh * sw
-    else:
-        cig = w.shape[1]
-        cog = w.shape[0] // groups
-        ohp, owp = oh, ow
-        step_h, step_w = 1, 1
-        rows, grid1 = n_ * oh * ow, groups
-    cout = cog * groups
-    shape = (n_, cout, oh, ow)
     fmt = torch.channels_last if output_channels_last(x, w) else torch.contiguous_format
+    plan = _Plan(x, w, geom, tap_loop, 1 if bn_partials is not None else split_k,
+                 dense_y=y is None or y.is_contiguous(memory_format=fmt))
+    shape = plan.shape
     _check_out(y, shape, x, "y")
     _check_out(z, shape, x, "z")
+    if bn_partials is not None:
+        want = (plan.bn_partial_rows(), plan.cout)
+        if any(tuple(p.shape) != want or not p.is_contiguous() for p in bn_partials):
+            raise ValueError(f"bn_partials must be three contiguous {want} buffers (bn_partial_rows)")
     if y is None:
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     if store_z:
@@ -428,45 +499,42 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
         dummy = torch.zeros(1, dtype=x.dtype, device=x.device)
         x = dummy.as_strided(x.shape, [0] * 4) if x.numel() == 0 else x
         w = dummy.as_strided(w.shape, [0] * 4) if w.numel() == 0 else w
+    cig, cog = plan.cig, plan.cog
     if transposed:  # weight [Cin, Cout/g, KH, KW]: group g starts at row g * Cin/g
         sw_g, sw_o, sw_i = cig * w.stride(0), w.stride(1), w.stride(0)
     else:  # weight [Cout, Cin/g, KH, KW]: group g starts at row g * Cout/g
         sw_g, sw_o, sw_i = cog * w.stride(0), w.stride(0), w.stride(1)
-    k_total = kh * kw * cig
-    tap, bm, bn, bk, warps, stages = _blocks(rows, cog, cig, k_total, x.dtype, tap_loop, grid1)
-    ctas = triton.cdiv(rows, bm) * triton.cdiv(cog, bn)
-    if not y.is_contiguous(memory_format=fmt):  # (a given y of other strides: the split epilogue walks dense memory)
-        split_k = 1
-    elif split_k is None:
-        split_k = 1 if is_interpreted() else _split_k(ctas * grid1, k_total, bk)
+    split_k = plan.split_k
     partial = y
-    if split_k > 1:  # float32 partial sums in y's layout, one slice per K share; the flattened K walk
-        tap = False
+    if split_k > 1:  # float32 partial sums in y's layout, one slice per K share
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         partial = torch.empty_strided((split_k, *y.shape), (y.numel(), *y.stride()), dtype=acc_dtype, device=y.device)
-    grid = (ctas, grid1, split_k)
+    grid = (plan.ctas, plan.grid1, split_k)
     # alpha, gain, clamp as float32 hi/lo pairs: exact float64 scalars (see common.split_float)
     hi, lo = zip(*(split_float(v) for v in (alpha, gain, clamp if clamp is not None else 0.0)))
     epilogue_flags = dict(ACT=ACT_IDS[act], HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
                           STORE_Z=z is not None, IS_F64=x.dtype == torch.float64,
                           RTNE_BF16=is_interpreted() and x.dtype == torch.bfloat16)
+    cnt, mean, m2 = bn_partials if bn_partials is not None else (y, y, y)
     _conv_act_kernel[grid](
-        x, w, b if b is not None else w, y, z if z is not None else y, partial, y.numel(),
-        n_, cig, h, w_in, cog, oh, ow, ohp, owp,
+        x, w, b if b is not None else w, y, z if z is not None else y, partial, y.numel(), cnt, mean, m2, plan.cout,
+        n_, cig, h, w_in, cog, plan.oh, plan.ow, plan.ohp, plan.owp,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         sw_g, sw_o, sw_i, w.stride(2), w.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
-        kh, kw, sh, sw, ph, pw, dh, dw, step_h, step_w,
+        kh, kw, sh, sw, ph, pw, dh, dw, *plan.step,
         *hi, *lo,
-        TRANSPOSED=transposed, TAP_LOOP=tap, TF32=_use_tf32(x), ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
+        TRANSPOSED=transposed, TAP_LOOP=plan.tap, TF32=_use_tf32(x),
+        ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
         UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16), SPLIT_K=split_k,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **epilogue_flags)
+        BN_STATS=bn_partials is not None, BLOCK_M=plan.bm, BLOCK_N=plan.bn, BLOCK_K=plan.bk, num_warps=plan.warps,
+        num_stages=plan.stages, **epilogue_flags)
     if split_k > 1:
         cl = output_channels_last(x, w)
         block = 1024
         _split_k_epilogue_kernel[(triton.cdiv(y.numel(), block),)](
-            partial, b if b is not None else w, y, z if z is not None else y, y.numel(), cout, 1 if cl else oh * ow,
-            *hi, *lo, SPLIT_K=split_k, BLOCK=block, num_warps=4, **epilogue_flags)
+            partial, b if b is not None else w, y, z if z is not None else y, y.numel(), plan.cout,
+            1 if cl else plan.oh * plan.ow, *hi, *lo, SPLIT_K=split_k, BLOCK=block, num_warps=4, **epilogue_flags)
     return y, z
 
 

@@ -41,7 +41,7 @@ import triton.language as tl
 from .activation import _sigmoid, _softplus
 from .common import check_launch_dtype
 
-__all__ = ["LOSS_TERMS", "gan_loss"]
+__all__ = ["LOSS_TERMS", "gan_loss", "logit_stats"]
 
 LOSS_TERMS = {
     "softplus_neg": 0,
@@ -154,3 +154,41 @@ def gan_loss(real: torch.Tensor | None, fake: torch.Tensor, real_term: str | Non
         HAS_REAL=real is not None, IS_F64=fake.dtype == torch.float64, BLOCK=BLOCK, num_warps=4)
     loss = partial.reshape(()) if programs == 1 else partial.sum()
     return loss, d_real, d_fake
+
+
+@triton.jit
+def _logit_stats_kernel(real_ptr, fake_ptr, out_ptr, N_REAL, N_FAKE, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: out = (mean r, mean f, (mean [r > 0] + mean [f < 0]) / 2)."""
+    if IS_F64:
+        zero = tl.zeros([BLOCK], dtype=tl.float64)
+    else:
+        zero = tl.zeros([BLOCK], dtype=tl.float32)
+    sum_r, pos_r, sum_f, neg_f = zero, zero, zero, zero
+    for start in range(0, N_REAL, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < N_REAL
+        z = tl.load(real_ptr + offs, mask=mask, other=0.0).to(zero.dtype)
+        sum_r += z
+        pos_r += tl.where(mask & (z > 0.0), 1.0, 0.0)
+    for start in range(0, N_FAKE, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < N_FAKE
+        z = tl.load(fake_ptr + offs, mask=mask, other=0.0).to(zero.dtype)
+        sum_f += z
+        neg_f += tl.where(mask & (z < 0.0), 1.0, 0.0)
+    tl.store(out_ptr, tl.sum(sum_r, axis=0) / N_REAL)
+    tl.store(out_ptr + 1, tl.sum(sum_f, axis=0) / N_FAKE)
+    tl.store(out_ptr + 2, 0.5 * (tl.sum(pos_r, axis=0) / N_REAL + tl.sum(neg_f, axis=0) / N_FAKE))
+
+
+def logit_stats(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's logit statistics in one launch: [mean real, mean fake, accuracy], accuracy the mean of
+    the fraction of real logits > 0 and of fake logits < 0; float32 (float64 for float64)."""
+    check_launch_dtype(fake, real)
+    real, fake = _flat(real), _flat(fake)
+    if real.numel() == 0 or fake.numel() == 0:
+        raise ValueError("logit_stats needs at least one logit per batch")
+    out = torch.empty(3, dtype=torch.float64 if fake.dtype == torch.float64 else torch.float32, device=fake.device)
+    _logit_stats_kernel[(1,)](real, fake, out, real.numel(), fake.numel(), IS_F64=fake.dtype == torch.float64,
+                              BLOCK=BLOCK, num_warps=4)
+    return out

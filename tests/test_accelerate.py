@@ -73,10 +73,11 @@ class Untraceable(nn.Module):
 MODELS = {
     "dcgan_g": (dcgan_generator, (2, NZ, 1, 1), {
         "1": ("BatchNorm2d+ReLU", "relu", None), "4": ("BatchNorm2d+ReLU", "relu", None),
-        "6": ("ConvTranspose2d+Tanh", "tanh", None)}),
+        "6": ("ConvTranspose2d+Tanh", "tanh", None),
+        "0": ("ConvTranspose2d+BatchNorm2d", "linear", None), "3": ("ConvTranspose2d+BatchNorm2d", "linear", None)}),
     "dcgan_d": (dcgan_discriminator, (2, NC, 16, 16), {
         "0": ("Conv2d+LeakyReLU", "lrelu", 0.2), "3": ("BatchNorm2d+LeakyReLU", "lrelu", 0.2),
-        "5": ("Conv2d+Sigmoid", "sigmoid", None)}),
+        "5": ("Conv2d+Sigmoid", "sigmoid", None), "2": ("Conv2d+BatchNorm2d", "linear", None)}),
     "sngan_d": (SNDiscriminator, (2, NC, 16, 16), {
         "c1": ("Conv2d(parametrized)+F.leaky_relu", "lrelu", 0.1),
         "c2": ("Conv2d(parametrized)+F.leaky_relu", "lrelu", 0.1),
@@ -283,7 +284,7 @@ def test_inplace_dtype_and_idempotence(device):
     model(x).sum().backward()
     opt.step()  # the optimizer built before the call still owns the parameters
     again, report = fastgan.accelerate(model, report=True)
-    assert report.nothing_fused and [s.name for s in report.left] == ["2"]  # the conv before batch norm
+    assert report.nothing_fused and report.left == [] and report.coverage == (4, 4)  # (the conv before the BN too)
     double = fastgan.accelerate(dcgan_discriminator().to(device), dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in double.parameters())
     assert double(x.double()).dtype == torch.float64
@@ -489,3 +490,21 @@ def test_module_tools_see_the_torch_model(device):
     traced = torch.fx.symbolic_trace(fastgan.accelerate(d))
     assert any(n.op == "call_module" for n in traced.graph.nodes)
     assert_close(traced(xd), ref_d, torch.float64, "fx-traced accelerated model")
+
+
+def test_conv_before_a_fused_batch_norm_computes_its_statistics(device):
+    """Conv2d -> BatchNorm2d -> act in a Sequential: the conv's epilogue computes the batch
+    statistics' partials (counted: no statistics pass, one merge), outputs as the torch model's
+    (test_outputs_and_gradients_match_in_train_and_eval); restore removes the flag."""
+    from collections import Counter
+    from fastgan.benchmarks.launches import count_launches
+    model, x, _ = _make("dcgan_d", device)
+    acc = fastgan.accelerate(model, inplace=False)
+    assert acc[2].bn_partials and is_fused(acc[2])
+    counts = Counter()
+    with count_launches(counts):
+        acc(x)
+    if fastgan.backend_for(x) != "eager":
+        assert counts["triton._bn_stats_kernel"] == 0 and counts["triton._bn_finalize_kernel"] == 1, dict(counts)
+    fastgan.restore(acc)
+    assert type(acc[2]) is nn.Conv2d and "bn_partials" not in acc[2].__dict__

@@ -52,6 +52,28 @@ def test_training_mode_matches_reference(act, layout, device):
     assert int(fused.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("momentum", [0.3, None])
+def test_running_statistics_follow_torch_over_steps(momentum, device):
+    """The statistics kernel's launch updates running_mean/var and num_batches_tracked in place:
+    over three training steps (momentum, or torch's cumulative average with momentum=None) and
+    with more channels than one finalize program covers, as nn.BatchNorm2d does in float64."""
+    c = 70
+    ref = nn.BatchNorm2d(c, momentum=momentum).double().to(device)
+    fused = BatchNormAct2d.from_torch(nn.BatchNorm2d(c, momentum=momentum).to(device), act="linear", gain=1.0)
+    for step in range(3):
+        x = torch.randn(2, c, 3, 3, device=device) * (step + 1) + step
+        fused(x)
+        ref(x.double())
+        assert_close(fused.running_mean, ref.running_mean, torch.float32, f"running_mean, step {step}")
+        assert_close(fused.running_var, ref.running_var, torch.float32, f"running_var, step {step}")
+        assert int(fused.num_batches_tracked) == step + 1
+    fused.eval()
+    x = torch.randn(2, c, 3, 3, device=device)
+    ref.eval()
+    assert_close(fused(x), ref(x.double()), torch.float32, "eval output")
+    assert int(fused.num_batches_tracked) == 3
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_many_tiles_per_channel(layout, device, monkeypatch):
     """Small tiles: each channel's statistics merge 64-128 tile partials in several chunks of the
@@ -202,3 +224,84 @@ def test_penalty_through_training_batch_norm_matches_torch(act, device):
     penalty(conv, fused, x).backward()
     for p, r, name in zip(params, ref, names):
         assert_close(p.grad, r, torch.float32, f".backward() {name}", tol=5e-5)
+
+
+_CONV_CASES = {  # name: (transposed, stride, groups, conv bias, channels_last, input [N, C, H, W])
+    "conv": (False, 1, 1, False, False, (2, 4, 34, 34)),        # 2312 output pixels: 3 row tiles
+    "conv_grouped_bias": (False, 2, 2, True, False, (3, 4, 40, 40)),
+    "transposed": (True, 2, 1, False, False, (2, 4, 17, 17)),    # 4 phases of 289 pixels each
+    "transposed_channels_last": (True, 2, 2, True, True, (2, 4, 16, 17)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CONV_CASES))
+def test_conv_epilogue_statistics(case, device):
+    """conv2d_act(..., bn_partials=True) computes the batch statistics' partials in the conv's
+    epilogue; batch_norm_act then merges them (no statistics pass: counted) and matches
+    conv + nn.BatchNorm2d + act in float64: output, running statistics, counter, every first
+    derivative and a penalty's second derivative."""
+    if fastgan.backend_for(torch.empty(1, device=device)) == "eager":
+        pytest.skip("eager backend runs no kernel")
+    from fastgan.benchmarks.launches import count_launches
+    from fastgan.functional import conv2d_act, conv_transpose2d_act
+    from collections import Counter
+    transposed, stride, groups, has_bias, cl, shape = _CONV_CASES[case]
+    cout = 6
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w_shape = (shape[1], cout // groups, 4, 4) if transposed else (cout, shape[1] // groups, 3, 3)
+    w = torch.randn(w_shape, dtype=torch.float64, device=device, requires_grad=True)
+    cb = torch.randn(cout, dtype=torch.float64, device=device, requires_grad=True) if has_bias else None
+    bn_w = (torch.rand(cout, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    bn_b = torch.randn(cout, dtype=torch.float64, device=device, requires_grad=True)
+    rm, rv = torch.zeros(cout, dtype=torch.float64, device=device), torch.ones(cout, dtype=torch.float64, device=device)
+    nbt = torch.zeros((), dtype=torch.long, device=device)
+    ref = nn.BatchNorm2d(cout, momentum=0.2).double().to(device)
+
+    def conv(fn_x, fused, **kw):
+        if transposed:
+            f = conv_transpose2d_act if fused else F.conv_transpose2d
+            return f(fn_x, w, cb, stride, 1, 0, groups, **kw)
+        f = conv2d_act if fused else F.conv2d
+        return f(fn_x, w, cb, stride, 1, 1, groups, **kw)
+
+    counts = Counter()
+    with count_launches(counts):
+        y = conv(x, True, bn_partials=True)
+        out = batch_norm_act(y, rm, rv, bn_w, bn_b, True, 0.2, 1e-5, act="lrelu", gain=1.0, num_batches_tracked=nbt)
+    assert counts["triton._bn_stats_kernel"] == 0 and counts["triton._bn_finalize_kernel"] == 1, dict(counts)
+    want = F.leaky_relu(F.batch_norm(conv(x, False), ref.running_mean, ref.running_var, bn_w, bn_b, True, 0.2, 1e-5),
+                        0.2)
+    assert_close(out, want, torch.float64, "output")
+    assert_close(rm, ref.running_mean, torch.float64, "running_mean")
+    assert_close(rv, ref.running_var, torch.float64, "running_var")
+    assert int(nbt) == 1
+    params = [t for t in (x, w, cb, bn_w, bn_b) if t is not None]
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, params, g, create_graph=True)
+    exp = torch.autograd.grad(want, params, g, create_graph=True)
+    names = ("x", "w") + (("conv bias",) if cb is not None else ()) + ("bn weight", "bn bias")
+    for name, a, b in zip(names, got, exp):
+        if name == "conv bias":  # the batch norm removes a per-channel shift: 0 up to rounding
+            assert a.abs().max() < 1e-10 * got[1].abs().max() and b.abs().max() < 1e-10 * exp[1].abs().max()
+        else:
+            assert_close(a, b, torch.float64, f"d{name}")
+    (pw,) = torch.autograd.grad(got[0].square().sum(), [w])  # a gradient penalty's derivative
+    (ew,) = torch.autograd.grad(exp[0].square().sum(), [w])
+    assert_close(pw, ew, torch.float64, "penalty dw")
+
+
+def test_conv_epilogue_statistics_not_used_after_an_in_place_change(device):
+    """Partials describe the conv output as written: after an in-place change the batch norm
+    computes its own statistics (and matches torch on the changed tensor)."""
+    if fastgan.backend_for(torch.empty(1, device=device)) == "eager":
+        pytest.skip("eager backend runs no kernel")
+    from fastgan.functional import conv2d_act
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    y = conv2d_act(x, w, None, 1, 1, bn_partials=True)
+    y.mul_(3.0).add_(1.0)
+    out = batch_norm_act(y, None, None, None, None, True, act="linear", gain=1.0)
+    assert_close(out, F.batch_norm(y, None, None, None, None, True), torch.float64, "output")

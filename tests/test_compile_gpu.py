@@ -14,7 +14,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 ba = importlib.import_module("fastgan.kernels.bias_act")
 bn = importlib.import_module("fastgan.kernels.batch_norm_act")
-SCALARS = ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo", "eps", "eps_lo")
+SCALARS = ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo", "eps", "eps_lo", "momentum", "momentum_lo")
 INTS = ("OUTER", "C", "INNER")
 ACC_PTRS = ("partial_ptr", "count_ptr", "mean_ptr", "m2_ptr", "sg_ptr", "sgx_ptr",
             "m_ptr", "s_ptr", "stats_ptr", "sum_g_ptr", "sum_gx_ptr", "p0_ptr", "p1_ptr", "out0_ptr", "out1_ptr")
@@ -24,7 +24,10 @@ for kernel, extra in ((ba._bias_act_fwd_kernel, dict(HAS_CENTER=True, HAS_SCALE=
                       (ba._bias_act_bwd_kernel, dict(ORDER=2, HAS_BIAS=True, HAS_CLAMP=False, NEED_DB=True)),
                       (ba._channel_sums_kernel, dict(TWO=True, BLOCK_T=128, BLOCK_C=32)),
                       (bn._bn_stats_kernel, {}),
-                      (bn._bn_finalize_kernel, dict(HAS_WEIGHT=True, BLOCK_T=128, BLOCK_C=32)),
+                      (bn._bn_finalize_kernel, dict(HAS_SHIFT=True, HAS_WEIGHT=True, RUNNING=True, COUNT=True,
+                                                    CUMULATIVE=False, BLOCK_T=128, BLOCK_C=32)),
+                      (bn._bn_finalize_kernel, dict(HAS_SHIFT=False, HAS_WEIGHT=False, RUNNING=True, COUNT=False,
+                                                    CUMULATIVE=True, BLOCK_T=128, BLOCK_C=32)),
                       (bn._bn_act_bwd_reduce_kernel, dict(HAS_BIAS=True, HAS_CLAMP=True)),
                       (bn._bn_act_bwd_dx_kernel, dict(HAS_BIAS=False, HAS_CLAMP=False))):
     for dt, cl, act in (("bf16", True, 2), ("fp32", False, 3), ("fp16", False, 8), ("fp64", True, 7)):
@@ -33,8 +36,8 @@ for kernel, extra in ((ba._bias_act_fwd_kernel, dict(HAS_CENTER=True, HAS_SCALE=
         if "ACT" in kernel.arg_names:
             consts["ACT"] = act
         acc = "fp64" if dt == "fp64" else "fp32"
-        sig = {a: "constexpr" if a in consts else ("*" + acc) if a in ACC_PTRS else ("*" + dt) if a.endswith("_ptr")
-               else "fp32" if a in SCALARS else "i32" for a in kernel.arg_names}
+        sig = {a: "constexpr" if a in consts else "*i64" if a == "nbt_ptr" else ("*" + acc) if a in ACC_PTRS
+               else ("*" + dt) if a.endswith("_ptr") else "fp32" if a in SCALARS else "i32" for a in kernel.arg_names}
         consts = {k: v for k, v in consts.items() if k in kernel.arg_names}
         triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 8})
@@ -54,6 +57,12 @@ for dt in ("bf16", "fp32", "fp16", "fp64"):
         triton.compile(ASTSource(fn=ls._gan_loss_kernel, signature=sig, constexprs=consts),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         n += 1
+    consts = dict(IS_F64=dt == "fp64", BLOCK=1024)
+    sig = {a: "constexpr" if a in consts else ("*" + acc) if a == "out_ptr" else ("*" + dt) if a.endswith("_ptr")
+           else "i32" for a in ls._logit_stats_kernel.arg_names}
+    triton.compile(ASTSource(fn=ls._logit_stats_kernel, signature=sig, constexprs=consts),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    n += 1
     for kernel, consts, ptrs in (
             (pen._interpolate_kernel, dict(BLOCK=4096), {"eps_ptr": acc}),
             (pen._grad_penalty_fwd_kernel, dict(KIND=0, BLOCK=4096), {"coef_ptr": acc, "term_ptr": acc}),
@@ -71,4 +80,4 @@ print("compiled", n)
 
 def test_elementwise_and_reduction_kernels_compile_for_sm90(tmp_path):
     stdout = compile_for_sm90(_COMPILE, tmp_path)
-    assert "compiled 68" in stdout
+    assert "compiled 76" in stdout

@@ -246,20 +246,23 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 kernel = importlib.import_module("fastgan.kernels.conv")._conv_act_kernel
 names = kernel.arg_names
-variants = [  # (dtype, transposed, tap_loop, act id, specialise the 1-valued ints, split-K)
-    ("bf16", False, True, 2, False, 1), ("bf16", True, False, 3, False, 1), ("fp32", True, True, 2, True, 1),
-    ("fp16", False, False, 2, True, 1), ("fp64", True, False, 3, False, 1), ("fp32", False, False, 8, False, 1),
-    ("bf16", False, False, 0, False, 8)]
-for dt, transposed, tap, act, ones, split in variants:
-    consts = dict(TRANSPOSED=transposed, TAP_LOOP=tap, ACT=act, HAS_BIAS=True, HAS_CLAMP=True,
-                  STORE_Z=True, IS_F64=dt == "fp64", TF32=dt != "fp64", ROUND_TF32=dt == "fp32", UPCAST=False,
-                  RTNE_BF16=False, SPLIT_K=split,
+variants = [  # (dtype, transposed, tap_loop, act id, specialise the 1-valued ints, split-K, batch-norm partials)
+    ("bf16", False, True, 2, False, 1, False), ("bf16", True, False, 3, False, 1, False),
+    ("fp32", True, True, 2, True, 1, False), ("fp16", False, False, 2, True, 1, False),
+    ("fp64", True, False, 3, False, 1, False), ("fp32", False, False, 8, False, 1, False),
+    ("bf16", False, False, 0, False, 8, False), ("bf16", False, True, 0, False, 1, True),
+    ("fp32", True, False, 0, False, 1, True)]
+for dt, transposed, tap, act, ones, split, bn in variants:
+    consts = dict(TRANSPOSED=transposed, TAP_LOOP=tap, ACT=act, HAS_BIAS=True, HAS_CLAMP=not bn,
+                  STORE_Z=not bn, IS_F64=dt == "fp64", TF32=dt != "fp64", ROUND_TF32=dt == "fp32", UPCAST=False,
+                  RTNE_BF16=False, SPLIT_K=split, BN_STATS=bn,
                   BLOCK_M=32 if dt == "fp64" else 128, BLOCK_N=16 if dt == "fp64" else 64,
                   BLOCK_K=16 if dt == "fp64" else 32)
     if ones:  # what the JIT does with integer arguments equal to 1
         consts.update(STR_H=1, STR_W=1, DIL_H=1, DIL_W=1, STEP_H=1, STEP_W=1, KH=1, KW=1, CIG=1, sx_w=1)
     acc = "fp64" if dt == "fp64" else "fp32"
-    sig = {n: "constexpr" if n in consts else ("*" + acc) if n == "p_ptr" else ("*" + dt) if n.endswith("_ptr") else
+    sig = {n: "constexpr" if n in consts else ("*" + acc) if n in ("p_ptr", "cnt_ptr", "mean_ptr", "m2_ptr")
+           else ("*" + dt) if n.endswith("_ptr") else
            "fp32" if n in ("alpha", "gain", "clamp", "alpha_lo", "gain_lo", "clamp_lo") else "i32" for n in names}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
     triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})

@@ -75,9 +75,14 @@ def test_opcheck_conv_ops(store_z, device):
 def test_opcheck_batch_norm_losses_penalty(device):
     x, w, b = _req(torch.randn(3, 4, 3, 3, device=device), torch.rand(4, device=device) + 0.5,
                    torch.randn(4, device=device))
-    _opcheck(ops.batch_norm_act.default, (x, w, b, 1e-5, "lrelu", 0.2, 1.0, None))
-    _opcheck(ops.batch_norm_act.default, (x, None, None, 1e-5, "relu", 0.0, 1.0, None))
-    y, stats = ops.batch_norm_act(x.detach(), w.detach(), b.detach(), 1e-5, "lrelu", 0.2, 1.0, None)
+    running = (torch.zeros(4, device=device), torch.ones(4, device=device), torch.zeros((), dtype=torch.long,
+                                                                                      device=device))
+    _opcheck(ops.batch_norm_stats.default, (x.detach(), w.detach(), *running, 0.1, 1e-5))
+    _opcheck(ops.batch_norm_stats.default, (x.detach(), None, None, None, None, None, 1e-5))
+    stats = ops.batch_norm_stats(x.detach(), w.detach(), None, None, None, 0.1, 1e-5)
+    _opcheck(ops.batch_norm_act.default, (x, w, b, stats, 1e-5, "lrelu", 0.2, 1.0, None))
+    _opcheck(ops.batch_norm_act.default, (x, None, None, ops.batch_norm_stats(x.detach(), None, None, None, None, 0.1,
+                                                                              1e-5), 1e-5, "relu", 0.0, 1.0, None))
     dy = torch.randn_like(x).requires_grad_()
     _opcheck(ops.batch_norm_act_backward.default, (dy, x, w, b, stats, 1e-5, "lrelu", 0.2, 1.0, None))
     real, fake = _req(torch.randn(5, 1, device=device), torch.randn(3, device=device))

@@ -274,3 +274,25 @@ def test_no_host_sync_cuda():
             torch.autograd.grad(loss, (real, fake))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_logit_stats_match_reference(dtype, device):
+    """logit_stats = [mean r, mean f, (mean[r > 0] + mean[f < 0]) / 2] in one launch, over every
+    element (PatchGAN logits, batches of different sizes, more logits than one block), NaN
+    propagating to the means as torch's do."""
+    from fastgan.functional import logit_stats
+    real = torch.randn(3, 1, 23, 31, device=device).to(dtype) + 0.3  # 2139 logits: three blocks
+    fake = torch.randn(5, device=device).to(dtype) - 0.2
+    got = logit_stats(real, fake)
+    r, f = real.double().reshape(-1), fake.double()
+    want = torch.stack([r.mean(), f.mean(), 0.5 * ((r > 0).double().mean() + (f < 0).double().mean())])
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(got, want, got.dtype, "logit stats")
+    fake[1] = float("nan")
+    got = logit_stats(real, fake)
+    assert torch.isnan(got[1]) and not torch.isnan(got[0]) and not torch.isnan(got[2])
+    acc = 0.5 * ((r > 0).double().mean() + (f[[0, 2, 3, 4]] < 0).double().sum() / 5)  # NaN < 0 is False
+    assert abs(float(got[2]) - float(acc)) < 1e-6
+    with pytest.raises(ValueError, match="at least one logit"):
+        logit_stats(real, fake[:0])

@@ -3,10 +3,12 @@
 
 Training mode (batch statistics) runs the kernels of ``fastgan.kernels.batch_norm_act``, three
 launches each way: a statistics pass, a per-channel merge, one normalise + affine + activation
-pass forward; a reduction pass, a per-channel sum, one pointwise pass backward. The running
-statistics take one more launch (``torch._foreach_lerp_`` of both buffers). Evaluation mode
-(running statistics) is an affine map per channel: ``F.batch_norm`` followed by the fused
-``bias_act``. The eager backend is
+pass forward (two when x comes from ``conv2d_act(..., bn_partials=True)``, whose epilogue
+computed the statistics pass's partials); a reduction pass, a per-channel sum, one pointwise
+pass backward. The merge also updates the running statistics and ``num_batches_tracked`` in
+place (the op mutates them; with ``momentum=None``, torch's cumulative average, the counter's
+``add_(1)`` is one more launch). Evaluation mode (running statistics) is an affine map per
+channel: ``F.batch_norm`` followed by the fused ``bias_act``. The eager backend is
 ``F.batch_norm`` + the activation reference. Both modes are differentiable twice, so a
 gradient penalty (R1, WGAN-GP) through a batch-normalised critic is exact.
 
@@ -15,8 +17,11 @@ Ops (``fused_op.FusedOp``):
 =======================  ==========================================  ==================================
 op                       computes                                    its backward
 =======================  ==========================================  ==================================
-batch_norm_act           (y, stats [4, C]: mean, var, scale,         batch_norm_act_backward
-                         unbiased var)
+batch_norm_stats         stats [4, C]: mean, var, scale, unbiased    none: it runs on detached inputs;
+                         var; updates the running statistics and     batch_norm_act's backward
+                         counter in place                            differentiates the statistics
+batch_norm_finalize      the same from a conv epilogue's partials    none (as batch_norm_stats)
+batch_norm_act           y from x and x's own stats                  batch_norm_act_backward
 batch_norm_act_backward  (dx, dw, db): the fused first-order kernels  the second derivative of the
                                                                      reference (F.batch_norm + act,
                                                                      batch statistics recomputed from
@@ -36,6 +41,7 @@ from torch import Tensor
 from .. import backend as _backend
 from .activations import ActSpec, resolve_act
 from .bias_act import bias_act
+from .conv import tagged_bn_partials
 from .fused_op import FusedOp, fresh_like
 
 __all__ = ["batch_norm_act", "instance_norm_act"]
@@ -45,34 +51,62 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _fake(x, weight, *rest):
-    """The forward's outputs: a tensor like x and the statistics [4, C] (``STATS_ROWS``)."""
-    return torch.empty_like(x), x.new_empty((4, x.shape[1]), dtype=_stats_dtype(x))
+def _stats_fake(x, *rest):
+    return x.new_empty((4, x.shape[1]), dtype=_stats_dtype(x))
 
 
-def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str, alpha: float,
-             gain: float, clamp: Optional[float]) -> tuple[Tensor, Tensor]:
-    """(y, stats): stats [4, C] holds the batch mean, biased var, scale w / sqrt(var + eps) and
-    unbiased var of each channel (``kernels.batch_norm_act.STATS_ROWS``)."""
-    K = _backend.kernels()
-    stats = K.bn_stats(x, 1, weight, eps)
-    y = K.bias_act_fwd(x, bias, 1, act, alpha, gain, clamp, scale=stats[2], center=stats[0])
-    return fresh_like(y, x), stats
+def _stats_forward(x: Tensor, weight: Optional[Tensor], running_mean: Optional[Tensor],
+                   running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor], momentum: Optional[float],
+                   eps: float) -> Tensor:
+    """stats [4, C]: the batch mean, biased var, scale w / sqrt(var + eps) and unbiased var of each
+    channel (``kernels.batch_norm_act.STATS_ROWS``); the running statistics and counter, when
+    given, are updated in place as ``kernels.batch_norm_act.bn_stats`` says."""
+    return _backend.kernels().bn_stats(x, 1, weight, eps, running_mean, running_var, num_batches_tracked, momentum)
+
+
+_STATS_LIMIT = "called on detached inputs: batch_norm_act's backward differentiates the statistics"
+BATCH_NORM_STATS = FusedOp("batch_norm_stats", _stats_forward, _stats_fake, limit=_STATS_LIMIT,
+                           mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+
+
+def _finalize_forward(count: Tensor, mean: Tensor, m2: Tensor, weight: Optional[Tensor],
+                      running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                      num_batches_tracked: Optional[Tensor], momentum: Optional[float], eps: float) -> Tensor:
+    """``batch_norm_stats`` from the per-tile partials (count, mean, M2 [T, C]) that a convolution's
+    epilogue computed for its output (``conv2d_act(..., bn_partials=True)``): one launch."""
+    return _backend.kernels().bn_finalize((count, mean, m2), weight, eps, running_mean, running_var,
+                                          num_batches_tracked, momentum)
+
+
+BATCH_NORM_FINALIZE = FusedOp("batch_norm_finalize", _finalize_forward,
+                              lambda count, *rest: count.new_empty((4, count.shape[1])), limit=_STATS_LIMIT,
+                              mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+
+
+def _fake(x, *rest):
+    return torch.empty_like(x)
+
+
+def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, eps: float, act: str,
+             alpha: float, gain: float, clamp: Optional[float]) -> Tensor:
+    """y = clamp(act((x - mean) * scale + b) * gain), given x's own ``BATCH_NORM_STATS`` (its
+    backward differentiates through them: the statistics must be x's and weight's)."""
+    y = _backend.kernels().bias_act_fwd(x, bias, 1, act, alpha, gain, clamp, scale=stats[2], center=stats[0])
+    return fresh_like(y, x)
 
 
 def _setup(ctx, inputs, output):
-    x, weight, bias, eps, *act_args = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(x, weight, bias, output[1])
+    x, weight, bias, stats, eps, *act_args = inputs
+    ctx.save_for_backward(x, weight, bias, stats)
     ctx.eps, ctx.act_args = eps, act_args
 
 
-def _backward(ctx, dy, _dstats):
+def _backward(ctx, dy):
     x, weight, bias, stats = ctx.saved_tensors
     dx, dw, db = BATCH_NORM_ACT_BACKWARD(dy, x, weight, bias, stats, ctx.eps, *ctx.act_args)
     need = ctx.needs_input_grad
     return dx, (dw if weight is not None and need[1] else None), (db if bias is not None and need[2] else None), \
-        None, None, None, None, None
+        *([None] * 6)
 
 
 BATCH_NORM_ACT = FusedOp("batch_norm_act", _forward, _fake, _setup, _backward)
@@ -129,6 +163,17 @@ BATCH_NORM_ACT_BACKWARD = FusedOp("batch_norm_act_backward", _backward_forward, 
                                   _backward_backward)
 
 
+def _batch_stats(x, weight, running_mean, running_var, counter, momentum, eps) -> Tensor:
+    """x's batch statistics (never differentiated themselves): ``BATCH_NORM_FINALIZE`` of the
+    partials a convolution's epilogue attached to x, else ``BATCH_NORM_STATS`` of x."""
+    w = weight.detach() if weight is not None else None
+    momentum = None if momentum is None else float(momentum)
+    partials = tagged_bn_partials(x)
+    if partials is not None and partials[0].shape[1] == x.shape[1]:
+        return BATCH_NORM_FINALIZE(*partials, w, running_mean, running_var, counter, momentum, float(eps))
+    return BATCH_NORM_STATS(x.detach(), w, running_mean, running_var, counter, momentum, float(eps))
+
+
 def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, unbiased_var: Tensor,
                     momentum: float) -> None:
     """running <- (1 - momentum) * running + momentum * batch value, both buffers in one launch
@@ -158,26 +203,38 @@ def _check(x, weight, bias, running_mean, running_var):
 
 def batch_norm_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
-                   momentum: float = 0.1, eps: float = 1e-5, act: str = "relu", alpha: Optional[float] = None,
-                   gain: Optional[float] = None, clamp: Optional[float] = None) -> Tensor:
+                   momentum: Optional[float] = 0.1, eps: float = 1e-5, act: str = "relu", alpha: Optional[float] = None,
+                   gain: Optional[float] = None, clamp: Optional[float] = None, *,
+                   num_batches_tracked: Optional[Tensor] = None) -> Tensor:
     """``clamp(act(F.batch_norm(x, ...)) * gain)`` with ``F.batch_norm``'s argument semantics.
 
     In training mode the running statistics (when given) are updated in place with
-    ``momentum`` (unbiased variance, like torch). Differentiable twice in both modes.
+    ``momentum`` (unbiased variance, like torch), and ``num_batches_tracked`` (when given)
+    counts the batch, as ``nn.BatchNorm2d`` does; ``momentum=None`` is the cumulative average
+    1 / num_batches_tracked (then the counter is required). Differentiable twice in both modes.
     """
     _check(x, weight, bias, running_mean, running_var)
     spec = resolve_act(act, alpha, gain, clamp)
     if training and x.numel() // x.shape[1] <= 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
-    if _backend.backend_for(x) == "eager":
-        return spec.reference(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
-    if not training:
-        z = F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+    running = training and running_mean is not None and running_var is not None
+    counter = num_batches_tracked if running else None
+    if running and momentum is None and counter is None:
+        raise ValueError("momentum=None (the cumulative average) needs num_batches_tracked")
+    if _backend.backend_for(x) == "eager" or not training:
+        if counter is not None:
+            counter.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(counter) if running else 0.0
+        z = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+        if _backend.backend_for(x) == "eager":
+            return spec.reference(z)
         return bias_act(z, None, 1, spec.act, spec.alpha if spec.act == "lrelu" else None, spec.gain, spec.clamp)
-    y, stats = BATCH_NORM_ACT(x, weight, bias, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
-    if running_mean is not None and running_var is not None:
-        _update_running(running_mean, running_var, stats[0], stats[3], momentum)
-    return y
+    if running and momentum is None:  # the kernels read the counter, so it counts this batch first
+        counter.add_(1)
+    stats = _batch_stats(x, weight, running_mean if running else None, running_var if running else None, counter,
+                         momentum, eps)
+    return BATCH_NORM_ACT(x, weight, bias, stats, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
 
 
 def instance_norm_act(x: Tensor, running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
@@ -210,7 +267,8 @@ def instance_norm_act(x: Tensor, running_mean: Optional[Tensor] = None, running_
     n = x.shape[0]
     view = x.reshape(1, n * c, -1)
     repeated = [t.repeat(n) if t is not None else None for t in (weight, bias)]
-    y, stats = BATCH_NORM_ACT(view, *repeated, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
+    stats = _batch_stats(view, repeated[0], None, None, None, 0.0, eps)
+    y = BATCH_NORM_ACT(view, *repeated, stats, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
     if running_mean is not None and running_var is not None:
         _update_running(running_mean, running_var, stats[0].view(n, c).mean(0), stats[3].view(n, c).mean(0), momentum)
     return y.view(x.shape)

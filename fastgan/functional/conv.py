@@ -11,10 +11,10 @@ Ops (``fused_op.FusedOp``; the geometry arguments are ``kernels.geometry.ConvGeo
 ================  ==========================================  =========================================
 op                computes                                    its backward
 ================  ==========================================  =========================================
-conv_act          (y, z): z = conv(x, w) pre-bias (empty      dz = bias_act_grad(dy, z) + the gradient
-                  unless store_z), y = clamp(act(z + b) *     reaching z; dx = conv_act of dz with the
-                  gain)                                       adjoint geometry; dw = conv_weight_grad;
-                                                              db = sum dz (in the same pass as dz)
+conv_act          (y, z, count, mean, M2): z = conv(x, w)      dz = bias_act_grad(dy, z) + the gradient
+                  pre-bias (empty unless store_z), y =        reaching z; dx = conv_act of dz with the
+                  clamp(act(z + b) * gain); y's batch-norm    adjoint geometry; dw = conv_weight_grad;
+                  partials per tile (empty unless asked)      db = sum dz (in the same pass as dz)
 conv_weight_grad  dw of conv(x, w) for dz (vendor kernel)     conv_act (w.r.t. dz and x)
 ================  ==========================================  =========================================
 
@@ -40,7 +40,7 @@ from ..backend import conv_dispatch
 from ..kernels.geometry import ConvGeom
 from .activations import ActSpec, resolve_act
 from .bias_act import BIAS_ACT_GRAD, _bias_act_ref
-from .fused_op import FusedOp, fresh_like
+from .fused_op import FusedOp, _tracing, fresh_like
 from .gradfix import weight_gradient_wanted
 
 __all__ = ["conv2d_act", "conv_transpose2d_act"]
@@ -91,30 +91,46 @@ def _run_impl(impl: str, x, w, b, geom: ConvGeom, spec: ActSpec, store_z: bool):
     return kernels.bias_act_fwd(z, b, 1, spec.act, spec.alpha, spec.gain, spec.clamp), (z if store_z else None)
 
 
+def _partials_like(x: Tensor, rows: int, cout: int) -> list:
+    """Empty batch-norm partials (count, mean, M2) [rows, cout] in the statistics' dtype."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return [x.new_empty((rows, cout), dtype=dtype) for _ in range(3)]
+
+
 def _fake(x, w, b, transposed, stride, padding, dilation, groups, output_padding, act, alpha, gain, clamp,
-          store_z):
+          store_z, bn_rows):
     geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
     n, cout = x.shape[0], w.shape[1] * groups if transposed else w.shape[0]
     shape = (n, cout, *geom.output_hw(x.shape[2:], w.shape[2:]))
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x, w))
-    return y, (torch.empty_like(y) if store_z else x.new_empty((0,)))
+    return (y, (torch.empty_like(y) if store_z else x.new_empty((0,))), *_partials_like(x, bn_rows, cout))
 
 
 def _forward(x: Tensor, w: Tensor, b: Optional[Tensor], transposed: bool, stride: List[int], padding: List[int],
              dilation: List[int], groups: int, output_padding: List[int], act: str, alpha: float, gain: float,
-             clamp: Optional[float], store_z: bool) -> tuple[Tensor, Tensor]:
+             clamp: Optional[float], store_z: bool, bn_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, z, count, mean, M2): z empty unless store_z; the batch-norm partials of y [bn_rows, Cout]
+    (``kernels.bn_partial_rows``; written by the Triton kernel's epilogue, which then always runs)
+    empty unless bn_rows."""
     geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
     spec = ActSpec(act, alpha, gain, clamp)
-    key = f"{geom.op}_act" + ("" if b is None and spec == _IDENTITY else "+epi") + ("+z" if store_z else "")
-    impl = conv_dispatch.choose(key, x, w, geom.args(), lambda name: _run_impl(name, x, w, b, geom, spec, store_z))
-    y, z = _run_impl(impl, x, w, b, geom, spec, store_z)
     fmt = _out_format(x, w)
+    cout = w.shape[1] * groups if transposed else w.shape[0]
+    partials = _partials_like(x, bn_rows, cout)
+    if bn_rows:
+        y, z = _backend.kernels().conv_act_fwd(x, w, b, geom, act, alpha, gain, clamp, store_z=store_z,
+                                               bn_partials=partials)
+    else:
+        key = f"{geom.op}_act" + ("" if b is None and spec == _IDENTITY else "+epi") + ("+z" if store_z else "")
+        impl = conv_dispatch.choose(key, x, w, geom.args(),
+                                    lambda name: _run_impl(name, x, w, b, geom, spec, store_z))
+        y, z = _run_impl(impl, x, w, b, geom, spec, store_z)
     y = y if y.is_contiguous(memory_format=fmt) else y.contiguous(memory_format=fmt)
     if not store_z:
-        return y, x.new_empty((0,))
+        return (y, x.new_empty((0,)), *partials)
     if z is y:  # identity epilogue: outputs must not alias
         z = y.clone(memory_format=fmt)
-    return y, (z if z.is_contiguous(memory_format=fmt) else z.contiguous(memory_format=fmt))
+    return (y, (z if z.is_contiguous(memory_format=fmt) else z.contiguous(memory_format=fmt)), *partials)
 
 
 def _setup(ctx, inputs, output):
@@ -122,12 +138,13 @@ def _setup(ctx, inputs, output):
     ctx.geom = ConvGeom.from_op_args(*inputs[3:9])
     ctx.spec = ActSpec(*inputs[9:13])
     ctx.store_z = inputs[13]
+    ctx.mark_non_differentiable(*output[2:])
     ctx.from_y = not ctx.store_z and _act_from_y(ctx.spec)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, w, b, output[1] if ctx.store_z else output[0] if ctx.from_y else None)
 
 
-def _backward(ctx, dy, dz_extra):
+def _backward(ctx, dy, dz_extra, *_partials):
     x, w, b, z = ctx.saved_tensors
     geom, spec, need = ctx.geom, ctx.spec, ctx.needs_input_grad
     want_w = need[1] and weight_gradient_wanted(w)
@@ -153,7 +170,7 @@ def _backward(ctx, dy, dz_extra):
             dx = _input_grad(dz, w, geom, x.shape[2:])
         if want_w:
             dw = CONV_WEIGHT_GRAD(x, dz, w, *geom.op_args())
-    return (dx, dw, db if want_b else None) + (None,) * 11
+    return (dx, dw, db if want_b else None) + (None,) * 12
 
 
 CONV_ACT = FusedOp("conv_act", _forward, _fake, _setup, _backward)
@@ -181,7 +198,26 @@ def _conv_act(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: A
     """y of the fused op; z is produced (and kept) only when a backward will need it."""
     store_z = (_needs_z(spec) and not _act_from_y(spec) and torch.is_grad_enabled()
                and any(t is not None and t.requires_grad for t in (x, w, b)))
-    return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z)[0]
+    return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z, 0)[0]
+
+
+def _conv_with_bn_partials(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom) -> Tensor:
+    """y = conv(x, w) + b, its batch-norm partials computed in the epilogue and attached to y
+    (``batch_norm_act`` reads them: ``tagged_bn_partials``); a plain ``_conv_act`` when the launch
+    cannot write them (split-K) or a tracer records the call."""
+    rows = 0 if _tracing((x, w)) else _backend.kernels().bn_partial_rows(x, w, geom)
+    if not rows:
+        return _conv_act(x, w, b, geom, _IDENTITY)
+    y, _, *partials = CONV_ACT(x, w, b, *geom.op_args(), "linear", 0.0, 1.0, None, False, rows)
+    y._fastgan_bn_partials = (partials, y._version)
+    return y
+
+
+def tagged_bn_partials(y: Tensor):
+    """The batch-norm partials (count, mean, M2) that ``_conv_with_bn_partials`` attached to y,
+    or None (none attached, or y changed in place since)."""
+    tag = getattr(y, "_fastgan_bn_partials", None)
+    return tag[0] if tag is not None and tag[1] == y._version else None
 
 
 def _input_grad(g: Tensor, w: Tensor, geom: ConvGeom, x_hw) -> Tensor:
@@ -312,13 +348,15 @@ def _autocast_args(x, weight, bias):
 
 # ----------------------------------------------------------------------------- public API
 
-def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp) -> Tensor:
+def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp, bn_partials: bool = False) -> Tensor:
     spec = resolve_act(act, alpha, gain, clamp)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
     if _backend.backend_for(x, weight) == "eager":
         y = _conv_act_ref(x, weight, bias, geom, spec)
+    elif bn_partials and spec == _IDENTITY and not unbatched:
+        y = _conv_with_bn_partials(x, weight, bias, geom)
     else:
         y = _conv_act(x, weight, bias, geom, spec)
     return y.squeeze(0) if unbatched else y
@@ -326,7 +364,7 @@ def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp) -> Tensor:
 
 def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0, dilation=1,
                groups: int = 1, act: str = "linear", alpha: Optional[float] = None, gain: Optional[float] = None,
-               clamp: Optional[float] = None) -> Tensor:
+               clamp: Optional[float] = None, *, bn_partials: bool = False) -> Tensor:
     """``bias_act(F.conv2d(x, weight, stride=..., ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     Args:
@@ -337,6 +375,10 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
         stride, padding, dilation, groups: as F.conv2d (padding also 'valid', or 'same' when
            symmetric).
         act, alpha, gain, clamp: the activation epilogue of :func:`fastgan.functional.bias_act`.
+        bn_partials: for a linear epilogue followed by a training-mode ``batch_norm_act`` of y: the
+           epilogue also computes y's per-tile batch statistics and attaches them to y, so that
+           the batch norm skips its statistics pass (the Triton kernel then always runs; nothing
+           changes where it cannot, e.g. a split-K launch).
 
     Returns y of shape [N, Cout, OH, OW], channels_last when x or weight is (as F.conv2d).
     Differentiable twice with respect to x, weight and bias. Under autocast, float16/32
@@ -347,22 +389,23 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     if isinstance(padding, str):
         padding = _same_padding(padding, stride, dilation, weight)
     geom = _check(x, weight, bias, ConvGeom.of(False, stride, padding, dilation, groups))
-    return _run(x, weight, bias, geom, act, alpha, gain, clamp)
+    return _run(x, weight, bias, geom, act, alpha, gain, clamp, bn_partials)
 
 
 def conv_transpose2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
                          output_padding=0, groups: int = 1, dilation=1, act: str = "linear",
                          alpha: Optional[float] = None, gain: Optional[float] = None,
-                         clamp: Optional[float] = None) -> Tensor:
+                         clamp: Optional[float] = None, *, bn_partials: bool = False) -> Tensor:
     """``bias_act(F.conv_transpose2d(x, weight, ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     weight is [Cin, Cout / groups, kH, kW] (torch's transposed layout); the other arguments
     as :func:`conv2d_act` and F.conv_transpose2d (note its argument order: output_padding,
-    groups, dilation). The transposed convolution never builds a zero-inserted input.
+    groups, dilation), ``bn_partials`` too. The transposed convolution never builds a
+    zero-inserted input.
     """
     x, weight, bias = _autocast_args(x, weight, bias)
     _check_tensors(x, weight, bias)
     if isinstance(padding, str):
         raise ValueError(f"padding must be an int or a pair of ints for conv_transpose2d_act, got {padding!r}")
     geom = _check(x, weight, bias, ConvGeom.of(True, stride, padding, dilation, groups, output_padding))
-    return _run(x, weight, bias, geom, act, alpha, gain, clamp)
+    return _run(x, weight, bias, geom, act, alpha, gain, clamp, bn_partials)

@@ -85,10 +85,14 @@ def _vmap_rule(call: Callable):
 
 class FusedOp:
     """One op: ``FusedOp(name, forward, fake, setup_context, backward)``; call it like ``forward``.
-    Without a backward, ``limit`` says which orders the op's family supports (the error text)."""
+    Without a backward, ``limit`` says which orders the op's family supports (the error text).
+    ``mutates_args`` names the inputs the forward updates in place, such as batch norm's running
+    statistics; such an op cannot be differentiated (torch registers no autograd formula for it),
+    so it takes detached inputs."""
 
     def __init__(self, name: str, forward: Callable, fake: Callable, setup_context: Callable | None = None,
-                 backward: Callable | None = None, limit: str = "not differentiable", namespace: str = "fastgan"):
+                 backward: Callable | None = None, limit: str = "not differentiable", namespace: str = "fastgan",
+                 mutates_args: tuple[str, ...] = ()):
         if backward is None:
             backward, setup_context = _not_differentiable(name, limit), _no_setup
         self.name = name
@@ -97,10 +101,11 @@ class FusedOp:
             "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward), "__module__": forward.__module__, "__doc__": forward.__doc__})
         self.function.vmap = staticmethod(_vmap_rule(self.function.apply))
-        self.op = torch.library.custom_op(f"{namespace}::{name}", forward, mutates_args=())
+        self.op = torch.library.custom_op(f"{namespace}::{name}", forward, mutates_args=mutates_args)
         self.op.register_fake(fake)
-        self.op.register_autograd(backward, setup_context=setup_context)
-        self.op.register_vmap(_vmap_rule(self.op))
+        if not mutates_args:  # torch registers autograd and vmap for functional ops only
+            self.op.register_autograd(backward, setup_context=setup_context)
+            self.op.register_vmap(_vmap_rule(self.op))
         if namespace == "fastgan":
             REGISTERED[name] = self
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import backend as _backend
 from .fused_op import FusedOp
 
-__all__ = ["LOSS_KINDS", "LOSS_TERMS", "d_loss", "g_loss"]
+__all__ = ["LOSS_KINDS", "LOSS_TERMS", "d_loss", "g_loss", "logit_stats"]
 
 # term name -> its reference (plain torch); the kernel implements the same names
 LOSS_TERMS = {
@@ -127,12 +127,28 @@ GAN_LOSS = FusedOp("gan_loss", _forward, _fake, _setup, _backward)
 
 
 def _backward_forward(d_loss: Tensor, d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
-    return d_real * d_loss, d_fake * d_loss
+    g_real, g_fake = torch._foreach_mul([d_real, d_fake], d_loss)  # both scales in one launch
+    return g_real, g_fake
 
 
 GAN_LOSS_BACKWARD = FusedOp("gan_loss_backward", _backward_forward,
                             lambda d_loss, d_real, d_fake: (torch.empty_like(d_real), torch.empty_like(d_fake)),
                             limit="the GAN losses support gradients up to first order")
+
+
+def _logit_stats_ref(real: Tensor, fake: Tensor) -> Tensor:
+    real, fake = _acc(real), _acc(fake)
+    acc = 0.5 * ((real > 0).to(real.dtype).mean() + (fake < 0).to(fake.dtype).mean())
+    return torch.stack([real.mean(), fake.mean(), acc])
+
+
+def _logit_stats_forward(real: Tensor, fake: Tensor) -> Tensor:
+    return _backend.kernels().logit_stats(real, fake)
+
+
+LOGIT_STATS = FusedOp("logit_stats", _logit_stats_forward,
+                      lambda real, fake: fake.new_empty((3,), dtype=_loss_dtype(fake)),
+                      limit="D's logit statistics are monitoring values, not differentiable")
 
 
 # ----------------------------------------------------------------------------- public
@@ -198,3 +214,18 @@ def g_loss(fake_logits: Tensor, kind: str = "ns") -> Tensor:
     if _backend.backend_for(fake_logits) == "eager":
         return _g_loss_ref(fake_logits, kind)
     return GAN_LOSS(None, fake_logits, None, _G_TERMS[kind])[0]
+
+
+def logit_stats(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """What a D step reports about D, in one launch and without a host sync: the tensor
+    [mean(r), mean(f), accuracy] with accuracy = (mean[r > 0] + mean[f < 0]) / 2, means over all
+    elements (float32; float64 for float64 logits). Not differentiable: it reads detached logits."""
+    _check_logits(real_logits, "real_logits")
+    _check_logits(fake_logits, "fake_logits")
+    real_logits, fake_logits = real_logits.detach(), fake_logits.detach()
+    if real_logits.dtype != fake_logits.dtype:
+        dtype = torch.promote_types(real_logits.dtype, fake_logits.dtype)
+        real_logits, fake_logits = real_logits.to(dtype), fake_logits.to(dtype)
+    if _backend.backend_for(real_logits, fake_logits) == "eager":
+        return _logit_stats_ref(real_logits, fake_logits)
+    return LOGIT_STATS(real_logits, fake_logits)

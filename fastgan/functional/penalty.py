@@ -260,7 +260,7 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: torch.Tensor | None 
             with no_weight_gradients():
                 logits = D(x, **d_kwargs)
                 _check_logits(logits, n)
-                (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+                (grad,) = torch.autograd.grad(logits, x, torch.ones_like(logits), create_graph=True)  # one launch
             penalty = GRAD_PENALTY(grad, kind, _weight(kind, gamma, n), center)[0]
     return (penalty, logits) if return_logits else penalty
 

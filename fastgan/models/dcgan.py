@@ -53,6 +53,7 @@ class _UpBlock(nn.Module):
             from ..nn import BatchNormAct2d, ConvTranspose2dAct
 
             self.conv = ConvTranspose2dAct(cin, cout, kernel, stride, padding, bias=False)
+            self.conv.bn_partials = True  # the batch norm's statistics come from the conv's epilogue
             self.bn = BatchNormAct2d(cout, act="relu", gain=1.0)
         else:
             self.conv = nn.ConvTranspose2d(cin, cout, kernel, stride, padding, bias=False)

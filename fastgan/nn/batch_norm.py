@@ -19,18 +19,18 @@ from .epilogue import Epilogue, epilogue
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "InstanceNormAct2d", "batch_norm_arguments"]
 
 
-def batch_norm_arguments(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
-    """The (running_mean, running_var, weight, bias, training, momentum, eps) arguments of
-    ``F.batch_norm`` for this module's next forward, with torch's batch-norm bookkeeping
-    (``num_batches_tracked`` incremented, cumulative average when momentum is None)."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+def batch_norm_arguments(bn: nn.modules.batchnorm._BatchNorm) -> dict:
+    """The keyword arguments of ``fastgan.functional.batch_norm_act`` for this module's next
+    forward, with torch's batch-norm bookkeeping: in training mode with running statistics,
+    ``num_batches_tracked`` counts the batch and ``momentum=None`` is the cumulative average
+    (both done by the op, in the statistics kernel's launch)."""
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
-    return (bn.running_mean if track else None, bn.running_var if track else None, bn.weight, bn.bias,
-            use_batch_stats, factor, bn.eps)
+    counting = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
+    return dict(running_mean=bn.running_mean if track else None, running_var=bn.running_var if track else None,
+                weight=bn.weight, bias=bn.bias, training=use_batch_stats,
+                momentum=bn.momentum if counting or bn.momentum is not None else 0.0, eps=bn.eps,
+                num_batches_tracked=bn.num_batches_tracked if counting else None)
 
 
 class _NormAct(Epilogue):
@@ -55,7 +55,7 @@ class _NormAct(Epilogue):
 class _BatchNormAct(_NormAct):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        return batch_norm_act(input, *batch_norm_arguments(self), **epilogue(self))
+        return batch_norm_act(input, **batch_norm_arguments(self), **epilogue(self))
 
 
 class BatchNormAct1d(_BatchNormAct, nn.BatchNorm1d):

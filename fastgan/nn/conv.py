@@ -19,7 +19,14 @@ __all__ = ["Conv2dAct", "ConvTranspose2dAct"]
 
 
 class _Epilogue(Epilogue):
-    """The conv modules' epilogue, their padding_mode check and ``from_torch``."""
+    """The conv modules' epilogue, their padding_mode check and ``from_torch``.
+
+    ``bn_partials`` (default False; not part of the state_dict): the module feeds a batch norm.
+    In training mode with a linear epilogue, the convolution's epilogue then also computes the
+    batch statistics' per-tile partials of its output, and a fused batch norm of that output
+    (``BatchNormAct2d``, or an accelerated ``nn.BatchNorm2d``) skips its statistics pass."""
+
+    bn_partials = False
 
     def _set_epilogue(self, act, alpha, gain, clamp, padding_mode):
         if padding_mode != "zeros":
@@ -65,7 +72,8 @@ class Conv2dAct(_Epilogue, nn.Conv2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         w, b = params_for(self, input)
-        return conv2d_act(input, w, b, self.stride, self.padding, self.dilation, self.groups, **epilogue(self))
+        return conv2d_act(input, w, b, self.stride, self.padding, self.dilation, self.groups, **epilogue(self),
+                          bn_partials=self.bn_partials and self.training)
 
 
 class ConvTranspose2dAct(_Epilogue, nn.ConvTranspose2d):
@@ -89,4 +97,4 @@ class ConvTranspose2dAct(_Epilogue, nn.ConvTranspose2d):
                                               self.dilation)
         w, b = params_for(self, input)
         return conv_transpose2d_act(input, w, b, self.stride, self.padding, output_padding, self.groups,
-                                    self.dilation, **epilogue(self))
+                                    self.dilation, **epilogue(self), bn_partials=self.bn_partials and self.training)

@@ -11,10 +11,10 @@ def ema_update_(ema: torch.nn.Module, model: torch.nn.Module, decay) -> None:
     ``decay`` is a float or a 0-d tensor on the parameters' device (a tensor lets a CUDA graph
     replay the update with a decay that changes between steps)."""
     e_params, m_params = list(ema.parameters()), list(model.parameters())
-    if isinstance(decay, torch.Tensor):
-        diff = torch._foreach_sub(m_params, e_params)
-        torch._foreach_mul_(diff, 1.0 - decay)
-        torch._foreach_add_(e_params, diff)
+    if isinstance(decay, torch.Tensor):  # ema <- model + decay * (ema - model): three launches, in place
+        torch._foreach_sub_(e_params, m_params)
+        torch._foreach_mul_(e_params, decay)
+        torch._foreach_add_(e_params, m_params)
     else:
         torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
     e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())

@@ -136,7 +136,7 @@ class StyleGAN2Trainer(Trainer):
                     fake = self._fake(n).to(real.dtype)
             finally:
                 self._update_w_avg = False
-            penalty = torch.zeros((), device=self.device)
+            penalty = None
             fake_logits = None
             if cfg.penalty == "r1+r2":  # every step: R1 on the real batch, R2 on the fake one
                 r1_term, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=cfg.effective_gamma,

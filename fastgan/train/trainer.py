@@ -396,7 +396,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 fake = self._fake(n)
             fake = fake.to(real.dtype)
-            penalty = torch.zeros((), device=self.device)
+            penalty = None
             real_logits = None
             with self._autocast():
                 if r1:
@@ -414,17 +414,20 @@ class Trainer:
             return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
 
     def _d_loss_step(self, real_logits, fake_logits, penalty, set_to_none: bool) -> dict:
-        """D's loss on the logits plus ``penalty``, backward, gradients averaged over the ranks, an
-        Adam step; returns the detached stats of a D step."""
+        """D's loss on the logits plus ``penalty`` (None: this step has none), backward, gradients
+        averaged over the ranks, an Adam step; returns the detached stats of a D step."""
         loss = FG.d_loss(real_logits.float(), fake_logits.float(), kind=self.cfg.loss)
         self.opt_d.zero_grad(set_to_none=set_to_none)
-        (loss + penalty).backward()
+        if penalty is None:
+            loss.backward()
+            penalty = torch.zeros((), device=loss.device)
+        else:
+            (loss + penalty).backward()
         dist_util.average_gradients_(self.D.parameters(), self.dist)
         self.opt_d.step()
-        with torch.no_grad():
-            acc = 0.5 * ((real_logits.float() > 0).float().mean() + (fake_logits.float() < 0).float().mean())
-        return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": real_logits.detach().float().mean(),
-                "d_fake": fake_logits.detach().float().mean(), "d_acc": acc}
+        d_real, d_fake, d_acc = FG.logit_stats(real_logits.float(), fake_logits.float())  # one launch
+        return {"d_loss": loss.detach(), "penalty": penalty.detach(), "d_real": d_real, "d_fake": d_fake,
+                "d_acc": d_acc}
 
     def _g_update(self, n: int, set_to_none: bool = True) -> dict:
         """The G step body, EMA update included."""
