@@ -142,14 +142,16 @@ def test_geometric_known_answers(device):
     smooth = torch.stack([torch.sin(0.4 * xx + 0.3 * yy), torch.cos(0.25 * yy - 0.2 * xx), xx * yy / 100])
     x = torch.stack([smooth.to(F64), torch.randn(3, 16, 16, dtype=F64)]).to(device)
 
+    eye = torch.eye(3, dtype=F64, device=device)
+    nudge = eye.clone()
+    nudge[1, 2] = 1e-3  # sample 1 moves (so the resampler runs) but reaches no further than sample 0
+
     def run(m0, i):
         prm = sample_params(2, 16, 1.0, gen(device), device, transforms=("xfrac",))
-        prm.geom = torch.stack([m0, prm.geom[1]])  # sample 1 moves
-        assert not torch.equal(prm.geom[1], torch.eye(3, dtype=F64, device=device))
+        prm.geom = torch.stack([m0, nudge])
         with fastgan.use_backend("eager"):
             return apply_params(x[[i, 1 - i]], prm)[0]
 
-    eye = torch.eye(3, dtype=F64, device=device)
     assert_close(run(eye, 1), x[1], F64, "identity map", tol=1e-13)
     shift = eye.clone()
     shift[0, 2] = -1.0  # M^-1 reads one pixel to the left: the content moves right
@@ -160,6 +162,19 @@ def test_geometric_known_answers(device):
     quarter[:2, :2] = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)  # M^-1 = R(-pi/2)
     y, ref = run(quarter, 0), torch.rot90(x[0], -1, dims=(1, 2))
     assert_close(y[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2], F64, "quarter turn (interior)", tol=1e-2)
+
+
+def test_padding_covers_the_filters(device, monkeypatch):
+    """The reflect padding reaches every input pixel the resampling reads: 8 more pixels a side
+    change nothing (a random draw of the geometric group, rotations and zooms included)."""
+    from fastgan.train import ada
+
+    x = image(device, n=4, s=16)
+    prm = sample_params(4, 16, 1.0, gen(device, 1), device, transforms=GEOMETRIC)
+    with fastgan.use_backend("eager"):
+        y = apply_params(x, prm)
+        monkeypatch.setattr(ada, "_PAD_SLACK", ada._PAD_SLACK + 8)
+        assert_close(y, apply_params(x, prm), F64, "with more padding", tol=1e-13)
 
 
 def test_color_transforms(device):

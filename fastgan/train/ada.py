@@ -75,6 +75,7 @@ _UP_PAD = ((_TAPS + 1) // 2, (_TAPS - 2) // 2)  # (6, 5)
 # the same positions, so the identity is exact either way; the true delay keeps a rotated image in place.
 _PHASE = sum(k * t for k, t in enumerate(SYM6)) - (_UP_PAD[0] - 1)
 _MARGIN = _TAPS // 2 - 1  # (5) upsampled pixels resampled beyond each side, read by the downsampling filter
+_PAD_SLACK = 1  # input pixels of reflect padding beyond what the filters and the bilinear taps read
 _LOG2 = math.log(2)
 
 
@@ -273,10 +274,11 @@ def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool) -> torch.Tensor
     x_lo, y_lo, x_hi, y_hi, moved = torch.cat([reach.amin(1), reach.amax(1), moved[None]]).tolist()  # one sync
     if not moved:  # no sample drew a geometric transform: nothing to resample
         return x
-    # input pixels the upsampled image must hold exactly (its filter reaches 3 pixels), plus one
+    # every input pixel the bilinear taps' upsampled pixels are made of (the filter reaches 3 input pixels
+    # each way), plus _PAD_SLACK; at most 2 s a side (beyond that: zeros)
     cap = 2 * s
-    left, top = (min(max(math.ceil(3.75 - v), 0), cap) for v in (x_lo, y_lo))
-    right, bottom = (min(max(math.ceil(v - s + 5.25), 0), cap) for v in (x_hi, y_hi))
+    left, top = (min(max(math.ceil(2.75 + _PAD_SLACK - v), 0), cap) for v in (x_lo, y_lo))
+    right, bottom = (min(max(math.ceil(v - s + 4.25 + _PAD_SLACK), 0), cap) for v in (x_hi, y_hi))
     rows = _reflect(torch.arange(-top, s + bottom, device=x.device), s)
     cols = _reflect(torch.arange(-left, s + right, device=x.device), s)
     xp = x.index_select(2, rows).index_select(3, cols)
