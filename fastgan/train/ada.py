@@ -23,18 +23,21 @@ the identity's parameters where it is not applied. W x W images, u ~ U(a, b), n 
 in that order, (x, y) pixel coordinates about the image centre, c an RGB pixel and v the luma
 axis (1, 1, 1) / sqrt(3). The blits move whole pixels (one gather per batch, exact). The
 geometric transforms make one affine map M per sample, applied once: the image is padded by
-reflection (as far as the batch's maps reach), upsampled 2x with the sym6 wavelet's low-pass
-filter g, resampled at M^-1 of the output's (upsampled) pixel centres with bilinear
-``grid_sample``, and downsampled 2x with g reversed. g is orthogonal (sum_k g[k] g[k + 2l] =
-delta_l / 2), so down(up(x)) = x: where no sample moved, the image comes back to rounding.
-The colour transforms make one 4x4 matrix per sample on homogeneous RGB.
+reflection (as far as the batch's maps reach, at most W - 1 a side), upsampled 2x with the
+sym6 wavelet's low-pass filter g, resampled at M^-1 of the output's upsampled pixel centres
+with bilinear ``grid_sample``, and downsampled 2x with g reversed. g is orthogonal
+(sum_k g[k] g[k + 2l] = delta_l / 2), so the identity map gives the image back to rounding;
+positions account for g's delay (its centroid), so a rotated image is not shifted. A batch in
+which no sample drew a geometric transform skips the resampling. The colour transforms make
+one 4x4 matrix per sample on homogeneous RGB.
 
 For fixed parameters the whole pipeline is linear in the image, so D(augment(x)) is
 differentiable to any order with respect to x and R1 through it is exact. ``fused=True``
 resamples with fastgan's ``upfirdn2d`` and ``grid_sample`` (the Triton kernels; their eager
-references under the eager backend), ``fused=False`` with plain torch (F.conv2d, F.grid_sample);
-both draw the same parameters. The padding is read on the host (one synchronisation per call
-with geometric transforms).
+references under the eager backend), ``fused=False`` with plain torch (F.conv_transpose2d,
+F.conv2d, F.grid_sample, whose second order with respect to the image torch provides); both
+take the same parameters. The padding is read on the host: one synchronisation per call with
+geometric transforms.
 
 Adaptive p (``AdaController``): every ``interval`` (4) D steps,
 
@@ -201,7 +204,7 @@ def sample_params(n: int, size: int, p: float, generator: torch.Generator | None
 # ----------------------------------------------------------------------------- execution
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of any integers into range(n), mirrored at the borders (no edge repeat), periodically."""
+    """Indices of integers into range(n), mirrored at the borders (no edge repeat; periodic beyond)."""
     if n == 1:
         return torch.zeros_like(i)
     period = 2 * (n - 1)
@@ -242,10 +245,14 @@ def _up2(x, f, fused):
     lo, hi = _UP_PAD
     if fused:
         return FG.upfirdn2d(x, f, up=2, padding=[lo, hi, lo, hi], gain=4)
+    # plain torch: convolution with 2 g of the zero-inserted image, along each axis (a transposed
+    # convolution: y[m] = sum_i x[i] 2 g[m - 2 i], cropped by _TAPS - 1 - lo = 5 a side)
     n, c, h, w = x.shape
-    z = x.new_zeros(n, c, 2 * h, 2 * w)
-    z[:, :, ::2, ::2] = x
-    return _depthwise(F.pad(z, [lo, hi, lo, hi]), 2 * f.flip(0), 1)  # convolution with g, gain 2 per axis
+    crop = _TAPS - 1 - lo
+    taps = 2 * f.to(x.dtype)
+    y = F.conv_transpose2d(x.reshape(n * c, 1, h, w), taps.view(1, 1, -1, 1), stride=(2, 1), padding=(crop, 0))
+    y = F.conv_transpose2d(y, taps.view(1, 1, 1, -1), stride=(1, 2), padding=(0, crop))
+    return y.reshape(n, c, 2 * h, 2 * w)
 
 
 def _down2(x, f, fused):
@@ -275,8 +282,8 @@ def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool) -> torch.Tensor
     if not moved:  # no sample drew a geometric transform: nothing to resample
         return x
     # every input pixel the bilinear taps' upsampled pixels are made of (the filter reaches 3 input pixels
-    # each way), plus _PAD_SLACK; at most 2 s a side (beyond that: zeros)
-    cap = 2 * s
+    # each way), plus _PAD_SLACK; at most s - 1 a side (one reflection; beyond it zeros)
+    cap = s - 1
     left, top = (min(max(math.ceil(2.75 + _PAD_SLACK - v), 0), cap) for v in (x_lo, y_lo))
     right, bottom = (min(max(math.ceil(v - s + 4.25 + _PAD_SLACK), 0), cap) for v in (x_hi, y_hi))
     rows = _reflect(torch.arange(-top, s + bottom, device=x.device), s)

@@ -138,7 +138,7 @@ class StyleGAN2Trainer(Trainer):
         if self.cfg.augment == "diffaug":
             x = diff_augment(x, self.noise)
         elif self.cfg.augment == "ada":
-            x = ada_augment(x, self.ada.p, self.noise)
+            x = ada_augment(x, self.ada.p, self.noise, fused=self.cfg.fused)  # fused=False: F.grid_sample
         return self.D(x)
 
     def _d_update(self, real, r1, set_to_none=True):
