@@ -208,7 +208,10 @@ def cmd_train(args) -> int:
                      f"DCGAN (G width {c.g_width}, D width {c.d_width}")
             print(f"fastgan train: {c.resolution}x{c.resolution} {model}, "
                   f"{'fastgan modules' if c.fused else 'plain torch modules'}), loss {c.loss}, penalty {c.penalty}"
-                  f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
+                  f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}"
+                  f"{f', augment {c.augment}' if c.augment != 'none' else ''}"
+                  f"{f' (target {c.ada_target}, kimg {c.ada_kimg}, p {c.ada_p})' if c.augment == 'ada' else ''}, "
+                  f"batch {c.batch_size}, "
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
                   f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}{f'; {note}' if note else ''}), "
                   f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
@@ -429,7 +432,13 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--truncation-psi", type=float, help=f"stylegan2: truncation of the sample grids (default: "
                                              f"{d['truncation_psi']})")
     add("--augment", choices=list(AUGMENTS), help=f"stylegan2: augment D's inputs, diffaug = DiffAugment's color, "
-                                                 f"translation and cutout (default: {d['augment']})")
+                                                 f"translation and cutout, ada = ADA's blit, geometric and colour "
+                                                 f"transforms with adaptive p (default: {d['augment']})")
+    add("--ada-target", type=float, help=f"--augment ada: raise p while mean(sign(D(real))) is above this, lower it "
+                                         f"below (default: {d['ada_target']})")
+    add("--ada-kimg", type=float, help=f"--augment ada: thousands of real images for p to move by 1 (default: "
+                                       f"{d['ada_kimg']})")
+    add("--ada-p", type=float, help=f"--augment ada: the initial p (default: {d['ada_p']})")
     add("--plain-torch", dest="fused", action="store_false",
         help="plain torch everywhere: torch modules, losses and penalties (the eager baseline)")
     add("--device", help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")

@@ -11,7 +11,7 @@ from ..data import CROPS
 
 MODELS = ("dcgan", "stylegan2")
 LOSSES = ("ns", "hinge", "wgan", "lsgan")
-AUGMENTS = ("none", "diffaug")  # D's input augmentation (fastgan.train.augment)
+AUGMENTS = ("none", "diffaug", "ada")  # D's input augmentation (fastgan.train.augment, fastgan.train.ada)
 PENALTIES = ("none", "r1", "wgan-gp", "r1+r2")  # r1+r2: R1 and R2 on every D step (R3GAN; stylegan2 only)
 DEFAULT_GAMMA = {"r1": 1.0, "wgan-gp": 10.0, "none": 0.0, "r1+r2": 1.0}
 # the defaults that depend on the device (fields left None): a run a CPU finishes in minutes
@@ -98,7 +98,10 @@ class TrainConfig:
     ema_kimg: float = 10.0           # G_ema's half-life in thousands of images
     ema_rampup: float | None = 0.05  # half-life at most rampup * images seen (None: no ramp-up)
     truncation_psi: float = 1.0      # truncation of the sample grids (1: none)
-    augment: str = "none"            # none | diffaug (D's inputs: color, translation, cutout; stylegan2)
+    augment: str = "none"            # none | diffaug (D's inputs: color, translation, cutout) | ada (stylegan2)
+    ada_target: float = 0.6          # ada: the target of mean(sign(D(real))), in (0, 1)
+    ada_kimg: float = 500.0          # ada: thousands of real images for p to move by 1 (> 0)
+    ada_p: float = 0.0               # ada: the initial augmentation probability, in [0, 1]
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -137,6 +140,14 @@ class TrainConfig:
             positive_int(name)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if not (_finite(self.ada_target) and 0 < self.ada_target < 1):
+            raise ValueError(f"ada_target (--ada-target) must be a number strictly between 0 and 1 (the target of "
+                             f"mean(sign(D(real)))), got {self.ada_target!r}")
+        if not (_finite(self.ada_kimg) and self.ada_kimg > 0):
+            raise ValueError(f"ada_kimg (--ada-kimg) must be a finite number > 0 (thousands of images for p to move "
+                             f"by 1), got {self.ada_kimg!r}")
+        if not (_finite(self.ada_p) and 0 <= self.ada_p <= 1):
+            raise ValueError(f"ada_p (--ada-p) must be a probability in [0, 1], got {self.ada_p!r}")
         if self.augment != "none" and self.model != "stylegan2":
             raise ValueError(f"augment {self.augment!r} is implemented for model stylegan2 only")
         if self.penalty == "r1+r2" and self.model != "stylegan2":

@@ -65,6 +65,13 @@ def max_over_ranks(values: list, info: DistInfo) -> list[int]:
     return t.tolist()
 
 
+def sum_over_ranks_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``t`` over the ranks in place (an all-reduce on t's device; no-op for one process)."""
+    if info.enabled:
+        dist.all_reduce(t)
+    return t
+
+
 def broadcast_module_(module: torch.nn.Module, info: DistInfo) -> None:
     """Make every rank's parameters and buffers equal to rank 0's."""
     if not info.enabled:

@@ -17,8 +17,11 @@ Per iteration (one optimiser step per network, the regularisers added to its los
   w_avg (the mapping network's, for truncation) follows the D step's latents.
   EMA: G_ema <- beta G_ema + (1 - beta) G, beta = 0.5 ** (batch / h), the half-life
   h = ema_kimg * 1000 images, ramped up as h = min(h, images_seen * ema_rampup).
-Augmentation (``augment="diffaug"``): D sees ``augment.diff_augment`` of every real and fake
-batch (G's loss included); R1 is taken through it.
+Augmentation: D sees every real and fake batch (G's loss included) through ``augment.diff_augment``
+(``augment="diffaug"``) or ADA's pipeline ``ada.ada_augment`` (``augment="ada"``), whose
+probability p ``ada.AdaController`` adjusts from the D steps' real logits (every 4 D steps:
+p += sign(mean(sign(D(real))) - ada_target) * batch * 4 / (ada_kimg * 1000), clamped to [0, 1]);
+R1 is taken through either. p and the controller's accumulators are checkpointed.
 Precision: with ``amp`` (CUDA) the top 4 resolutions of G and D run in bfloat16 with the conv
 clamp 256 (the models do it per block; no autocast). No CUDA graphs for these steps yet.
 """
@@ -33,7 +36,9 @@ from .. import functional as FG
 from ..functional.gradfix import no_weight_gradients
 from ..models.stylegan2 import build_stylegan2
 from . import distributed as dist_util
+from .ada import AdaController, ada_augment
 from .augment import diff_augment
+from .checkpoint import CheckpointError
 from .config import STYLEGAN2_RESOLUTIONS
 from .ema import ema_update_
 from .trainer import Trainer, save_image_grid
@@ -61,6 +66,10 @@ class StyleGAN2Trainer(Trainer):
         cfg = self.cfg
         self.pl_mean = torch.zeros((), device=self.device)  # the path lengths' running mean (checkpointed)
         self._update_w_avg = False
+        self.ada = None  # ADA's probability controller (augment="ada")
+        if cfg.augment == "ada":
+            self.ada = AdaController(cfg.batch_size, cfg.ada_target, cfg.ada_kimg, cfg.ada_p, device=self.device,
+                                     reduce=lambda t: dist_util.sum_over_ranks_(t, self.dist))
         return build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
                                cfg.mapping_layers, num_bf16_res=BF16_RESOLUTIONS if self.amp else 0, fused=cfg.fused)
 
@@ -75,7 +84,10 @@ class StyleGAN2Trainer(Trainer):
     def log_fields(self, step: int, step_s: float) -> dict:
         """kimg (thousands of real images shown to D) and seconds per kimg of the last steps."""
         per_step = self.cfg.batch_size * self.cfg.n_critic
-        return {"kimg": step * per_step / 1000, "s_per_kimg": step_s * 1000 / per_step if step_s > 0 else None}
+        out = {"kimg": step * per_step / 1000, "s_per_kimg": step_s * 1000 / per_step if step_s > 0 else None}
+        if self.ada is not None:
+            out["augment_p"] = self.ada.p
+        return out
 
     def progress_fields(self, rec: dict) -> dict:
         out = {"kimg": f"{rec['kimg']:.3f}", "pl": f"{rec['pl_penalty']:.3g}"}
@@ -83,6 +95,8 @@ class StyleGAN2Trainer(Trainer):
             out["r1"] = f"{rec['penalty']:.3g}"
         if rec.get("s_per_kimg") is not None:
             out["s_kimg"] = f"{rec['s_per_kimg']:.1f}"
+        if "augment_p" in rec:
+            out["p"] = f"{rec['augment_p']:.3f}"
         return out
 
     # ------------------------------------------------------------------ generation
@@ -120,9 +134,11 @@ class StyleGAN2Trainer(Trainer):
     # ------------------------------------------------------------------ steps
 
     def _disc(self, x: torch.Tensor) -> torch.Tensor:
-        """D on (augmented, with ``augment="diffaug"``) images."""
+        """D on (augmented, with ``augment`` "diffaug" or "ada") images."""
         if self.cfg.augment == "diffaug":
             x = diff_augment(x, self.noise)
+        elif self.cfg.augment == "ada":
+            x = ada_augment(x, self.ada.p, self.noise, fused=self.cfg.fused)  # fused=False: F.grid_sample
         return self.D(x)
 
     def _d_update(self, real, r1, set_to_none=True):
@@ -152,6 +168,8 @@ class StyleGAN2Trainer(Trainer):
                 real_logits = self._disc(real)
             if fake_logits is None:
                 fake_logits = self._disc(fake)
+            if self.ada is not None:  # after both batches: an adjusted p applies from the next pass on
+                self.ada.accumulate(real_logits)
             return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
 
     def _pl_due(self) -> bool:
@@ -182,11 +200,18 @@ class StyleGAN2Trainer(Trainer):
     def state_dict(self, rng_per_rank=None) -> dict:
         state = super().state_dict(rng_per_rank)
         state["pl_mean"] = self.pl_mean.detach().cpu().clone()
+        if self.ada is not None:
+            state["ada"] = self.ada.state_dict()
         return state
 
     def _load_state(self, state: dict, path: str) -> None:
         super()._load_state(state, path)
         self.pl_mean.copy_(torch.as_tensor(state.get("pl_mean", 0.0), dtype=torch.float32))
+        if self.ada is not None and "ada" in state:
+            try:
+                self.ada.load_state_dict(state["ada"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: malformed ada entry ({type(exc).__name__}: {exc})") from None
 
     def sample(self, path: str) -> None:
         with torch.no_grad(), self._ops():
