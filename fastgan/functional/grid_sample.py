@@ -14,8 +14,9 @@ backward           (each only when asked for)              d/d(input) of d_input
 d_input is linear in dy and does not depend on the input, so the R1 penalty of a
 discriminator behind the augmentation (a gradient with respect to the input, then its
 gradient with respect to the parameters) needs exactly the first row of the second order;
-the rest is refused with a clear error instead of a silent zero. torch's own grid_sample
-is differentiable only once. The eager backend runs ``_grid_sample_ref`` (gathers, any order).
+the rest is refused with a clear error instead of a silent zero. (torch's own grid_sample
+passes gradgradcheck in input and grid on torch 2.13's CPU build.) The eager backend runs
+``_grid_sample_ref`` (gathers, any order).
 """
 import torch
 from torch import Tensor
