@@ -32,6 +32,12 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available() and TEST_DEVICE == "cuda":
         return
+    if not os.environ.get("FASTGAN_LONG_TESTS"):
+        long = pytest.mark.skip(reason="minutes in the Triton interpreter: FASTGAN_LONG_TESTS=1 runs it (and "
+                                       "benchmarks/gpu_check.sh on a GPU)")
+        for item in items:
+            if "long" in item.keywords:
+                item.add_marker(long)
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)")
     else:  # a GPU, but this run forces the Triton interpreter: captures and speed paths would fail

@@ -365,3 +365,32 @@ def test_r1_plus_r2_on_every_step(tmp_path):
     stats = [t._d_update(real, r1=False) for _ in range(2)]
     assert stats[0]["penalty"].item() == pytest.approx(expected, rel=1e-6)
     assert stats[1]["penalty"].item() > 0
+
+
+@pytest.mark.long  # 445 s on this 2-core machine (loaded): FASTGAN_LONG_TESTS=1
+def test_fused_and_plain_trainers_track_each_other(tmp_path):
+    """The fused trainer (Triton interpreter) and the plain-torch one, from the same weights and
+    seeds, on the same data: 4 steps with lazy R1 and path length (steps 0 and 2), style mixing
+    and ADA at p = 0.5 (every transform group) give the same losses, penalties, augmentation p and
+    weights, to float32 rounding amplified by four Adam steps."""
+    from fastgan.train import Trainer
+
+    kw = dict(steps=4, augment="ada", ada_p=0.5, ada_kimg=0.05)
+    plain = Trainer(sg_config(tmp_path / "plain", **kw))
+    fused = Trainer(sg_config(tmp_path / "fused", fused=True, **kw))
+    for name in ("G", "D", "G_ema"):
+        getattr(fused, name).load_state_dict(getattr(plain, name).state_dict())
+    plain.train()
+    fused.train()
+    keys = ("d_loss", "g_loss", "penalty", "pl_penalty", "augment_p")
+    for hp, hf in zip(plain.history, fused.history, strict=True):
+        assert [k in hp for k in keys] == [k in hf for k in keys]
+        for k in keys:
+            if k in hp:
+                assert hf[k] == pytest.approx(hp[k], rel=2e-3, abs=1e-5), (hp["step"], k, hp[k], hf[k])
+    assert plain.history[0]["penalty"] > 0 and plain.history[0]["pl_penalty"] > 0
+    for name in ("G", "D", "G_ema"):
+        a, b = getattr(plain, name).state_dict(), getattr(fused, name).state_dict()
+        for k in a:
+            if a[k].is_floating_point():
+                assert rel_err(b[k], a[k]) < 1e-3, (name, k, rel_err(b[k], a[k]))
