@@ -188,6 +188,11 @@ class StyleGAN2Trainer(Trainer):
         super()._load_state(state, path)
         self.pl_mean.copy_(torch.as_tensor(state.get("pl_mean", 0.0), dtype=torch.float32))
 
+    def _eval_forward(self, z: torch.Tensor, noise_seed: int) -> torch.Tensor:
+        """No truncation; the noise inputs from a generator of their own (not the trainer's)."""
+        noise = torch.Generator(device=self.device).manual_seed(noise_seed)
+        return self.G_ema(z, noise_mode="random", generator=noise)
+
     def sample(self, path: str) -> None:
         with torch.no_grad(), self._ops():
             images = self.G_ema(self.fixed_z.to(self.device), truncation_psi=self.cfg.truncation_psi,
