@@ -11,7 +11,7 @@ import torch
 from fastgan.apps import RunEvaluator
 from fastgan.apps.evaluate import evaluate
 from fastgan.cli import main
-from fastgan.train import Trainer, TrainConfig
+from fastgan.train import Trainer, TrainConfig, load_checkpoint
 from fastgan.train import curves
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,6 +54,7 @@ class GlobalDraws:
 def _run(cfg, resume=None, evaluate=True):
     t = Trainer(cfg, resume=resume, log=lambda s: None, evaluator=GlobalDraws(cfg) if evaluate else None)
     t.summary = t.train()
+    t.rng_after = torch.get_rng_state()
     return t
 
 
@@ -73,7 +74,8 @@ def test_eval_records_leave_training_and_its_resume_exact(tmp_path):
     assert untimed(full.history) == untimed(plain.history) and untimed(full.eval_history) == untimed(evals)
     for name in ("G", "D", "G_ema"):
         assert torch.equal(params(getattr(full, name)), params(getattr(plain, name))), name
-    assert torch.equal(torch.get_rng_state(), plain._rng_state()["torch"])  # the global stream too
+    assert torch.equal(full.rng_after, plain.rng_after)  # the global stream too, as the checkpoints hold it
+    assert torch.equal(load_checkpoint(os.path.join(full.cfg.out, "checkpoint.pt"))["rng"]["torch"], plain.rng_after)
     assert full.summary["eval"]["step"] == 5 and full.summary["eval"]["fid"] == evals[-1]["fid"]
     assert plain.summary["eval"] is None
 
