@@ -150,6 +150,11 @@ def load_inception(path: str) -> nn.Module:
     except ImportError:
         raise FeatureError("--inception-weights needs the torchvision package (pip install torchvision); "
                            "it is not installed") from None
+    except Exception as exc:  # e.g. PyPI's (CUDA) build of torchvision beside a CPU build of torch
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FeatureError(f"--inception-weights needs torchvision, which is installed but does not import "
+                           f"({type(exc).__name__}: {first}); install the torchvision build made for this torch "
+                           f"({torch.__version__})") from None
     if not os.path.isfile(path):
         raise FeatureError(f"{path}: no such Inception weights file")
     try:
