@@ -1,7 +1,6 @@
 """The embedded dataset's labels, the shapes feature net (the shipped weights and their record),
 and the InceptionV3 loader's errors."""
 import hashlib
-import os
 import sys
 
 import pytest
@@ -98,7 +97,8 @@ def test_inception_with_a_torchvision_that_does_not_import_is_a_clear_error(monk
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     for name in ("torchvision", "torchvision.models"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    with pytest.raises(FE.FeatureError, match=r"installed but does not import \(RuntimeError: operator torchvision::nms"):
+    with pytest.raises(FE.FeatureError, match=r"installed but does not import \(RuntimeError: operator "
+                                              r"torchvision::nms"):
         FE.get_extractor(inception_weights=str(tmp_path / "w.pt"))
 
 
@@ -133,17 +133,29 @@ def test_inception_loads_a_random_network_in_torchvision_format(tmp_path, aux, w
     pooled = []
     net.avgpool.register_forward_hook(lambda m, i, o: pooled.append(o.flatten(1)))
     x = F.interpolate((images + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         net((x - mean) / std)
     assert torch.allclose(got, pooled[0].double(), rtol=1e-5, atol=1e-6), (got - pooled[0].double()).abs().max()
     assert got.std(0).abs().max() > 0  # the two images give different features
-
+    if wrapped:
+        return
+    # missing and corrupt files
     with pytest.raises(FE.FeatureError, match="no such Inception weights"):
         FE.get_extractor(inception_weights=str(tmp_path / "nope.pt"))
     (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(FE.FeatureError, match="corrupt.pt: not a torchvision InceptionV3 state_dict"):
         FE.get_extractor(inception_weights=str(tmp_path / "corrupt.pt"))
     torch.save({k: v for k, v in state.items() if not k.startswith("Mixed_7c")}, tmp_path / "partial.pt")
-    with pytest.raises(FE.FeatureError, match="partial.pt: not a torchvision InceptionV3 state_dict .*Missing key"):
+    with pytest.raises(FE.FeatureError, match=r"partial.pt: not a torchvision InceptionV3 state_dict \(KeyError: "
+                                              r"\d+ missing keys \(first: Mixed_7c"):
         FE.get_extractor(inception_weights=str(tmp_path / "partial.pt"))
+    state["fc.weight"] = state["fc.weight"][:10]
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(FE.FeatureError, match=r"shape.pt: not a torchvision InceptionV3 state_dict \(RuntimeError: "
+                                              r"Error\(s\) in loading"):
+        FE.get_extractor(inception_weights=str(tmp_path / "shape.pt"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(FE.FeatureError, match=r"list.pt: not a torchvision InceptionV3 state_dict \(TypeError"):
+        FE.get_extractor(inception_weights=str(tmp_path / "list.pt"))
