@@ -16,7 +16,7 @@ from fastgan.train import curves
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TIMING = ("step_ms", "images_per_s", "time_s", "eval_s")
+TIMING = ("step_ms", "images_per_s", "time_s", "eval_s", "s_per_kimg")
 
 
 def tiny(out, **kw):
@@ -206,3 +206,19 @@ def test_train_writes_curves_with_metrics_and_plot_redraws(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'c.png'}" and (tmp_path / "c.png").exists()
     assert main(args[:-2] + ["--out", str(tmp_path / "quiet"), "--no-plot"]) == 0
     assert "curves:" not in capsys.readouterr().out and not (tmp_path / "quiet" / "curves.png").exists()
+
+
+def test_stylegan2_evaluates_without_touching_its_noise(tmp_path):
+    """StyleGAN2's G_ema takes noise inputs: the evaluation draws them from a generator of its own,
+    so the training records and weights equal a run without evaluations."""
+    base = dict(model="stylegan2", resolution=16, n_embedded=16, z_dim=16, channel_base=64, channel_max=16,
+                mapping_layers=2, batch_size=4, steps=2, reg_interval=2, pl_interval=2)
+    plain = _run(tiny(tmp_path / "plain", **base), evaluate=False)
+    full = _run(tiny(tmp_path / "full", eval_every=1, eval_n=8, **base))
+    assert [r["step"] for r in full.eval_history] == [1, 2] and all(r["fid"] > 0 for r in full.eval_history)
+    assert untimed(full.history) == untimed(plain.history)
+    assert torch.equal(params(full.G_ema), params(plain.G_ema)) and torch.equal(full.noise.get_state(),
+                                                                                plain.noise.get_state())
+    z = torch.randn(2, 16)
+    assert torch.equal(full.eval_images(z, noise_seed=3), full.eval_images(z, noise_seed=3))
+    assert not torch.equal(full.eval_images(z, noise_seed=3), full.eval_images(z, noise_seed=4))
