@@ -1,4 +1,4 @@
-"""The ``fastgan`` command: train, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, plot, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
 from __future__ import annotations
 
 import argparse
@@ -192,14 +192,30 @@ def _run_errors():
     return ValueError, DataError, CheckpointError, FolderLockedError
 
 
+def _eval_errors():
+    from fastgan.apps.features import FeatureError
+    from fastgan.apps.metrics import MetricError
+
+    return MetricError, FeatureError
+
+
 def cmd_train(args) -> int:
     from fastgan.atomic import write_error
     from fastgan.train import Trainer, distributed
 
+    errors = _run_errors()
     try:
         cfg, resume = _train_config(args)
-        trainer = Trainer(cfg, resume=resume)
+        evaluator = None
+        if cfg.eval_every is not None:  # a resumed run keeps its checkpoint's --eval-every
+            from fastgan.apps import RunEvaluator
+
+            errors += _eval_errors()
+            evaluator = RunEvaluator.from_config(cfg)
+        trainer = Trainer(cfg, resume=resume, evaluator=evaluator)
         c = trainer.cfg
+        if evaluator is not None and trainer.dist.is_main:
+            evaluator.prepare(trainer)  # the real features now: data too small for the metrics fails here
         if trainer.dist.is_main:
             note = getattr(trainer.dataset, "note", None)
             model = (f"StyleGAN2 (channel_base {c.channel_base}, channel_max {c.channel_max}, z/w {c.z_dim}, "
@@ -215,9 +231,12 @@ def cmd_train(args) -> int:
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
                   f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}{f'; {note}' if note else ''}), "
                   f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
+            if evaluator is not None:
+                print(f"evaluating G_ema every {c.eval_every} steps: {c.eval_metrics} of {c.eval_n} generated vs "
+                      f"{evaluator.real_features.shape[0]} training images, {evaluator.extractor.note}", flush=True)
         summary = trainer.train()
-    except _run_errors() as exc:
-        raise CliError(str(exc)) from None
+    except errors as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
     except OSError as exc:
         raise CliError(write_error(exc)) from None
     status = summary["status"]
@@ -229,6 +248,10 @@ def cmd_train(args) -> int:
               if summary["steps_run"] else f"nothing to do: already at step {summary['step']}")
         if summary.get("resources"):
             print(f"resources: {summary['resources']} ({summary['resources_file']})")
+        if summary.get("eval"):
+            print(f"last evaluation (step {summary['eval']['step']}): " + _eval_line(summary["eval"]))
+        if not args.no_plot:
+            _plot_at_end(c.out)
         if status == "interrupted":
             print(f"interrupted by {summary['signal']}: resume with --resume {summary['checkpoint']}")
     distributed.shutdown(trainer.dist)
@@ -239,6 +262,45 @@ def cmd_train(args) -> int:
                  else "no checkpoint was written") + "; try a lower --lr", file=sys.stderr)
         return 1
     return 128 + signal.Signals[summary["signal"]] if status == "interrupted" else 0
+
+
+def _eval_line(rec: dict) -> str:
+    """An evaluation record's metrics in one line."""
+    if rec.get("error"):
+        return rec["error"]
+    parts = [f"{label} {rec[k]:{fmt}}" + (f" +- {rec['kid_std']:.4g}" if k == "kid" and rec.get("kid_std") is not None
+                                          else "")
+             for k, label, fmt in (("fid", "FID", ".4g"), ("kid", "KID", ".4g"), ("precision", "precision", ".3f"),
+                                   ("recall", "recall", ".3f")) if rec.get(k) is not None]
+    return ", ".join(parts) + f" ({rec.get('features')} features, {rec.get('n_fake')} vs {rec.get('n_real')} images)"
+
+
+def _plot_at_end(out: str) -> None:
+    """``fastgan train``'s curves.png, when matplotlib is there; never fails the run."""
+    from fastgan.train.curves import PlotError, matplotlib_missing, plot_run
+
+    if matplotlib_missing():
+        print("no curves.png: matplotlib is not installed (pip install 'fastgan[plot]'; fastgan plot RUN draws "
+              "it later)")
+        return
+    try:
+        print(f"curves: {plot_run(out)}")
+    except (PlotError, OSError, RuntimeError) as exc:
+        print(f"no curves.png: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
+
+
+def cmd_plot(args) -> int:
+    from fastgan.atomic import write_error
+    from fastgan.train.curves import PlotError, plot_run
+
+    try:
+        path = plot_run(args.run, args.out)
+    except PlotError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_sample(args) -> int:
@@ -379,8 +441,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     """The train flags. Their defaults are TrainConfig's (shown in the help text)."""
     from fastgan.train import TrainConfig
     from fastgan.data import CROPS
-    from fastgan.train.config import (AUGMENTS, DEVICE_DEFAULTS, LOSSES, MODEL_DEFAULTS, MODELS, PENALTIES,
-                                      STYLEGAN2_DEVICE_DEFAULTS, STYLEGAN2_RESOLUTIONS)
+    from fastgan.train.config import (AUGMENTS, DEVICE_DEFAULTS, EVAL_METRICS, LOSSES, MODEL_DEFAULTS, MODELS,
+                                      PENALTIES, STYLEGAN2_DEVICE_DEFAULTS, STYLEGAN2_RESOLUTIONS)
 
     d = TrainConfig.defaults()
     cpu, cuda = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
@@ -459,6 +521,15 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add("--tensorboard", action="store_true",
         help="also log to OUT/tb: scalars, sample grids, the config as hparams (needs tensorboard)")
+    add("--eval-every", type=int, metavar="K",
+        help="every K steps and at the end: G_ema's metrics against the training data into log.jsonl (records "
+             "with \"kind\": \"eval\"), on the shapes feature net (not comparable with Inception-FID) (default: off)")
+    add("--eval-metrics", help=f"with --eval-every: comma-separated, from {', '.join(EVAL_METRICS)} (default: "
+                               f"{d['eval_metrics']})")
+    add("--eval-n", type=int, help=f"with --eval-every: generated (and real) images per evaluation (default: "
+                                   f"{d['eval_n']})")
+    train.add_argument("--no-plot", action="store_true",
+                       help="do not write OUT/curves.png at the end (written when matplotlib is installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -541,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     _add_generator_run(inp, progress=False)
     inp.set_defaults(func=cmd_inpaint)
+
+    plot = sub.add_parser("plot", help="draw a run's losses and metrics vs step (RUN/curves.png)",
+                          description="Read RUN/log.jsonl and write the losses (D, G, penalty) and, when the run "
+                                      "evaluated (--eval-every), its metrics against the step, as a PNG. Needs "
+                                      "matplotlib (pip install 'fastgan[plot]').")
+    plot.add_argument("run", metavar="RUN", help="a fastgan train output folder (holding log.jsonl)")
+    plot.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png), atomically")
+    plot.set_defaults(func=cmd_plot)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")

@@ -1,7 +1,6 @@
 """The embedded dataset's labels, the shapes feature net (the shipped weights and their record),
 and the InceptionV3 loader's errors."""
 import hashlib
-import os
 import sys
 
 import pytest
@@ -89,12 +88,74 @@ def test_inception_without_torchvision_is_a_clear_error(monkeypatch, tmp_path):
         FE.get_extractor(inception_weights=str(tmp_path / "w.pt"))
 
 
-def test_inception_loads_a_random_network_in_torchvision_format(tmp_path):
-    models = pytest.importorskip("torchvision.models")
-    torch.save(models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(),
-               tmp_path / "inception.pt")
-    ext = FE.get_extractor(inception_weights=str(tmp_path / "inception.pt"))
-    assert ext.name == "inception" and ext(torch.rand(2, 3, 32, 32) * 2 - 1).shape == (2, 2048)
+def test_inception_with_a_torchvision_that_does_not_import_is_a_clear_error(monkeypatch, tmp_path):
+    """PyPI's torchvision beside the CPU build of torch fails inside its import with a RuntimeError
+    ("operator torchvision::nms does not exist"): one FeatureError, not a traceback."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("torchvision", "torchvision.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(FE.FeatureError, match=r"installed but does not import \(RuntimeError: operator "
+                                              r"torchvision::nms"):
+        FE.get_extractor(inception_weights=str(tmp_path / "w.pt"))
+
+
+def _torchvision_models():
+    """torchvision.models, or a skip: not installed, or installed but not importable (PyPI's build
+    needs the CUDA build of torch; the CPU build of torch 2.13 has no torchvision on PyPI)."""
+    try:
+        import torchvision.models as models
+    except Exception as exc:
+        pytest.skip(f"torchvision does not import here ({type(exc).__name__}: {str(exc)[:100]})")
+    return models
+
+
+@pytest.mark.parametrize("aux,wrapped", [(True, False), (False, True)], ids=["torchvision", "no-aux-in-state_dict"])
+def test_inception_loads_a_random_network_in_torchvision_format(tmp_path, aux, wrapped):
+    """A randomly initialised InceptionV3 saved as torchvision saves its state_dict (with or
+    without the auxiliary classifier; bare, or under "state_dict") loads through
+    --inception-weights, and its features are the 2048-d average pool of the same network run
+    directly on the resized, ImageNet-normalised images. Missing and corrupt files: clear errors."""
+    import torch.nn.functional as F
+
+    models = _torchvision_models()
+    torch.manual_seed(0)
+    net = models.inception_v3(weights=None, aux_logits=aux, init_weights=True, transform_input=False).eval()
+    state = net.state_dict()
+    path = tmp_path / "inception.pt"
+    torch.save({"state_dict": state} if wrapped else state, path)
+    ext = FE.get_extractor(inception_weights=str(path))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    got = ext(images)
+    assert ext.name == "inception" and got.shape == (2, 2048) and got.dtype == torch.float64
+    pooled = []
+    net.avgpool.register_forward_hook(lambda m, i, o: pooled.append(o.flatten(1)))
+    x = F.interpolate((images + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        net((x - mean) / std)
+    assert torch.allclose(got, pooled[0].double(), rtol=1e-5, atol=1e-6), (got - pooled[0].double()).abs().max()
+    assert got.std(0).abs().max() > 0  # the two images give different features
+    if wrapped:
+        return
+    # missing and corrupt files
     with pytest.raises(FE.FeatureError, match="no such Inception weights"):
         FE.get_extractor(inception_weights=str(tmp_path / "nope.pt"))
-    assert os.path.exists(tmp_path / "inception.pt")
+    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(FE.FeatureError, match="corrupt.pt: not a torchvision InceptionV3 state_dict"):
+        FE.get_extractor(inception_weights=str(tmp_path / "corrupt.pt"))
+    torch.save({k: v for k, v in state.items() if not k.startswith("Mixed_7c")}, tmp_path / "partial.pt")
+    with pytest.raises(FE.FeatureError, match=r"partial.pt: not a torchvision InceptionV3 state_dict \(KeyError: "
+                                              r"\d+ missing keys \(first: Mixed_7c"):
+        FE.get_extractor(inception_weights=str(tmp_path / "partial.pt"))
+    state["fc.weight"] = state["fc.weight"][:10]
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(FE.FeatureError, match=r"shape.pt: not a torchvision InceptionV3 state_dict \(RuntimeError: "
+                                              r"Error\(s\) in loading"):
+        FE.get_extractor(inception_weights=str(tmp_path / "shape.pt"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(FE.FeatureError, match=r"list.pt: not a torchvision InceptionV3 state_dict \(TypeError"):
+        FE.get_extractor(inception_weights=str(tmp_path / "list.pt"))

@@ -7,9 +7,20 @@ import torch
 
 from . import features as FE
 from . import metrics as M
-from .model import file_sha256, generate_batch, load_generator, resolve_device
+from ..train.config import EVAL_MIN_N
+from .model import file_sha256, generate_batch, image_seed, latents, load_generator, resolve_device
 
 SCHEMA = 1
+
+
+def dataset_subset(ds, n: int, seed: int = 0) -> torch.Tensor:
+    """Up to ``n`` images [n, 3, H, W] in [-1, 1] of a map-style dataset: a random subset drawn
+    with a generator seeded with ``seed`` (the global one is untouched). Items are images or
+    tuples whose first element is one, uint8 or float (``data.as_image``)."""
+    from ..data import as_image
+
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([as_image(ds[int(i)], f"dataset[{int(i)}]") for i in idx])
 
 
 def real_images(data: str | None, resolution: int, n: int, seed: int = 0, n_embedded: int = 8192,
@@ -19,9 +30,7 @@ def real_images(data: str | None, resolution: int, n: int, seed: int = 0, n_embe
     run trained on (``n_embedded`` images drawn with ``data_seed``) when ``data`` is None."""
     from ..data import load_dataset
 
-    ds = load_dataset(data, resolution, n_embedded, data_seed)
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    return torch.stack([ds[int(i)][0] for i in idx])
+    return dataset_subset(load_dataset(data, resolution, n_embedded, data_seed), n, seed)
 
 
 def evaluate_images(real: torch.Tensor, fake: torch.Tensor, metrics=M.METRICS, extractor=None,
@@ -98,3 +107,65 @@ def format_result(doc: dict) -> str:
         lines.append(f"precision  {m['precision']:.4f}")
         lines.append(f"recall     {m['recall']:.4f}")
     return "\n".join(lines)
+
+
+class RunEvaluator:
+    """``fastgan train --eval-every K``: ``evaluator(trainer)`` -> the metrics of the trainer's G_ema
+    against its training data, the fields of one log record (``Trainer.evaluate`` adds the step).
+
+    The same images as ``fastgan eval`` with the same ``n`` and ``seed``: image i's latent is
+    ``model.latents(seed, i)`` and the real images are the seeded subset of the training data
+    (``dataset_subset``; an int index: no random crop or flip), so on the CPU a run's last record
+    equals ``fastgan eval`` of its last checkpoint. Nothing here draws from the trainer's or the
+    global random generators. The real features are computed at the first call and kept. The
+    extractor is built at construction (a bad ``inception_weights`` fails before the run starts)."""
+
+    def __init__(self, metrics="fid,kid", n: int = 2048, seed: int = 0, batch_size: int = 256,
+                 inception_weights: str | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000):
+        self.names = M.parse_metrics(metrics)
+        need = max(EVAL_MIN_N[m] for m in self.names)
+        if isinstance(n, bool) or not isinstance(n, int) or n < need:
+            raise M.MetricError(f"n must be an integer >= {need} for {', '.join(self.names)}, got {n!r}")
+        if batch_size < 1:
+            raise M.MetricError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.extractor = FE.get_extractor(inception_weights, "cpu")
+        self.real_features = None
+
+    @classmethod
+    def from_config(cls, cfg, **kw) -> "RunEvaluator":
+        """The evaluator of a TrainConfig's ``eval_metrics`` and ``eval_n``."""
+        return cls(cfg.eval_metrics, cfg.eval_n, **kw)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor(images, batch_size=self.batch_size)
+
+    def prepare(self, trainer) -> None:
+        """The real features of ``trainer``'s data (done by the first call otherwise; ``fastgan
+        train`` calls it before the first step, so that data too small for the metrics fails then)."""
+        if self.extractor.device != trainer.device:
+            self.extractor = FE.FeatureExtractor(self.extractor.name, self.extractor.module, trainer.device,
+                                                 self.extractor.note)
+        if self.real_features is None:
+            real = dataset_subset(trainer.dataset, self.n, self.seed)
+            need = max(EVAL_MIN_N[m] for m in self.names)
+            if real.shape[0] < need:
+                raise M.MetricError(f"the training data has {real.shape[0]} images; {', '.join(self.names)} need "
+                                    f"at least {need}")
+            self.real_features = self._features(real)
+
+    def __call__(self, trainer) -> dict:
+        self.prepare(trainer)
+        fake = []
+        for start in range(0, self.n, self.batch_size):
+            stop = min(self.n, start + self.batch_size)
+            images = trainer.eval_images(latents(self.seed, start, stop, trainer.cfg.z_dim),
+                                         noise_seed=image_seed(self.seed, start))
+            if not torch.isfinite(images).all():
+                return {"error": f"G_ema's images {start}..{stop - 1} contain NaN or Inf: no metrics",
+                        "n_fake": self.n, "n_real": int(self.real_features.shape[0]), "features": self.extractor.name}
+            fake.append(self._features(images))
+        values = M.compute_metrics(self.real_features, torch.cat(fake), self.names, kid_subsets=self.kid_subsets,
+                                   kid_subset_size=self.kid_subset_size, seed=self.seed)
+        return dict(values, n_fake=self.n, n_real=int(self.real_features.shape[0]), features=self.extractor.name)

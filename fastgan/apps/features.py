@@ -150,20 +150,33 @@ def load_inception(path: str) -> nn.Module:
     except ImportError:
         raise FeatureError("--inception-weights needs the torchvision package (pip install torchvision); "
                            "it is not installed") from None
+    except Exception as exc:  # e.g. PyPI's (CUDA) build of torchvision beside a CPU build of torch
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FeatureError(f"--inception-weights needs torchvision, which is installed but does not import "
+                           f"({type(exc).__name__}: {first}); install the torchvision build made for this torch "
+                           f"({torch.__version__})") from None
     if not os.path.isfile(path):
         raise FeatureError(f"{path}: no such Inception weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
         net = inception_v3(weights=None, aux_logits="AuxLogits.fc.weight" in state, init_weights=False,
                            transform_input=False)
+        expected = net.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise KeyError(", ".join(f"{len(keys)} {what} keys (first: {keys[0]})" for keys, what in
+                                     ((missing, "missing"), (unexpected, "unexpected")) if keys))
         net.load_state_dict(state)
     except FeatureError:
         raise
     except Exception as exc:
+        why = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise FeatureError(f"{path}: not a torchvision InceptionV3 state_dict ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200]})") from None
+                           f"{(str(why).splitlines() or [''])[0][:200]})") from None
     net.fc = nn.Identity()
     return net.eval()
 

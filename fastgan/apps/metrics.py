@@ -25,7 +25,7 @@ import math
 
 import torch
 
-METRICS = ("fid", "kid", "pr")
+from ..train.config import EVAL_METRICS as METRICS  # one table: TrainConfig checks --eval-metrics against it
 
 
 class MetricError(ValueError):

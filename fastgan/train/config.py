@@ -32,7 +32,12 @@ STYLEGAN2_BETAS = (0.0, 0.99)
 # length, output and logging, where and how it runs (fused: the same parameters in plain torch
 # modules), and the learning rates
 RESUMABLE = ("steps", "out", "sample_every", "ckpt_every", "log_every", "progress", "tensorboard", "device",
-             "amp", "cuda_graphs", "fused", "workers", "lr_g", "lr_d", "truncation_psi")
+             "amp", "cuda_graphs", "fused", "workers", "lr_g", "lr_d", "truncation_psi", "eval_every", "eval_metrics",
+             "eval_n")
+# the metrics a run can log (``eval_metrics``; fastgan.apps.metrics computes them) and the fewest images each
+# needs: FID and KID a covariance / an unbiased MMD (2 samples), precision/recall k-NN radii with k = 3
+EVAL_METRICS = ("fid", "kid", "pr")
+EVAL_MIN_N = {"fid": 2, "kid": 2, "pr": 4}
 
 
 def _on_cuda(device) -> bool:
@@ -86,6 +91,10 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = False        # also log to OUT/tb: scalars, sample grids, hparams (needs tensorboard)
+    eval_every: int | None = None    # every K steps and at the end: G_ema's metrics vs the training data into
+    #                                  log.jsonl (None: never; the Trainer then needs an evaluator, fastgan.apps)
+    eval_metrics: str = "fid,kid"    # comma-separated, from EVAL_METRICS
+    eval_n: int = 2048               # generated images (and real ones, at most the dataset) per evaluation
     # StyleGAN2 (model="stylegan2"; ignored by dcgan). Channels at resolution r: min(channel_base // r, channel_max)
     channel_base: int | None = None  # None: 32768 on CUDA, 1024 on the CPU
     channel_max: int | None = None   # None: 512 on CUDA, 64 on the CPU
@@ -118,6 +127,7 @@ class TrainConfig:
             self.betas = (WGAN_BETAS if self.loss == "wgan" or self.penalty == "wgan-gp" else
                           STYLEGAN2_BETAS if self.model == "stylegan2" else DEFAULT_BETAS)
         self.betas = tuple(self.betas)
+        self.eval_metrics = ",".join(parse_eval_metrics(self.eval_metrics))
         self.validate()
 
     @property
@@ -202,6 +212,15 @@ class TrainConfig:
             raise ValueError("crop 'random' (--crop random) crops after the resize: it needs resize=True (--resize)")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if self.eval_every is not None:
+            positive_int("eval_every")
+        names = parse_eval_metrics(self.eval_metrics)
+        positive_int("eval_n")
+        need = max(EVAL_MIN_N[m] for m in names)
+        if self.eval_n < need:
+            which = ", ".join(m for m in names if EVAL_MIN_N[m] == need)
+            raise ValueError(f"eval_n {self.eval_n} is too few images for {which}: at least {need} (FID and KID need "
+                             f"2, precision/recall 4; a few hundred give numbers worth comparing)")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 0):
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
@@ -242,6 +261,25 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config fields {unknown}")
         return cls(**d)
+
+
+def parse_eval_metrics(spec) -> tuple[str, ...]:
+    """``"fid,kid"`` (or a list) -> the metric names, lowercased, in order, without repeats; an
+    unknown or missing name is a ValueError that lists EVAL_METRICS."""
+    if isinstance(spec, str):
+        items = spec.split(",")
+    elif isinstance(spec, (list, tuple)) and all(isinstance(s, str) for s in spec):
+        items = list(spec)
+    else:
+        raise ValueError(f"eval_metrics must be a comma-separated string such as 'fid,kid', got {spec!r}")
+    names = [s.strip().lower() for s in items if s.strip()]
+    unknown = [s for s in names if s not in EVAL_METRICS]
+    if unknown:
+        raise ValueError(f"eval_metrics: unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"choose from {', '.join(EVAL_METRICS)}")
+    if not names:
+        raise ValueError(f"eval_metrics: no metric given; choose from {', '.join(EVAL_METRICS)}")
+    return tuple(dict.fromkeys(names))
 
 
 def _finite(value) -> bool:

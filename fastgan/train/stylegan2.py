@@ -213,6 +213,11 @@ class StyleGAN2Trainer(Trainer):
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"{path}: malformed ada entry ({type(exc).__name__}: {exc})") from None
 
+    def _eval_forward(self, z: torch.Tensor, noise_seed: int) -> torch.Tensor:
+        """No truncation; the noise inputs from a generator of their own (not the trainer's)."""
+        noise = torch.Generator(device=self.device).manual_seed(noise_seed)
+        return self.G_ema(z, noise_mode="random", generator=noise)
+
     def sample(self, path: str) -> None:
         with torch.no_grad(), self._ops():
             images = self.G_ema(self.fixed_z.to(self.device), truncation_psi=self.cfg.truncation_psi,

@@ -131,7 +131,7 @@ class Trainer:
             cls = cls.model_trainers[model]
         return super().__new__(cls)
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, log=print, dataset=None, evaluator=None):
         """``resume``: a checkpoint to continue. ``cfg`` must then agree with the checkpoint's config
         but for the fields a resumed run may change (``config.RESUMABLE``: steps, out, logging,
         device, learning rates, ...); those changes are reported through ``log``.
@@ -140,7 +140,12 @@ class Trainer:
         map-style torch Dataset of images or (image, label) tuples, uint8 [0, 255] or float
         [-1, 1], [C, H, W] (``fastgan.data.user_dataset``: fastgan's step sampler, resize, crop and
         xflip apply), or a DataLoader, whose batches are taken as they come (``data.LoaderBatches``;
-        cfg's resize / crop / xflip must be off). Pass the same one again to resume."""
+        cfg's resize / crop / xflip must be off). Pass the same one again to resume.
+
+        ``evaluator``: with ``cfg.eval_every`` (and only then), the callable ``evaluator(trainer) ->
+        dict`` that computes G_ema's metrics (``fastgan.apps.RunEvaluator.from_config(cfg)``; this layer
+        does not import the apps). It must draw no random numbers from the trainer's generators;
+        ``evaluate`` keeps the global ones as they were."""
         self.log = log
         state, changes = None, {}
         if resume is not None:
@@ -149,6 +154,12 @@ class Trainer:
         if cfg.data is not None:  # recorded absolute: the checkpoint names the data wherever it is resumed
             cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
         self.cfg = cfg
+        if cfg.eval_every is not None and evaluator is None:
+            raise ValueError(f"eval_every={cfg.eval_every} needs an evaluator: Trainer(cfg, evaluator="
+                             "fastgan.apps.RunEvaluator.from_config(cfg)) (fastgan train --eval-every passes one)")
+        if evaluator is not None and cfg.eval_every is None:
+            raise ValueError("an evaluator was given but eval_every is None: set eval_every (--eval-every K)")
+        self.evaluator = evaluator
         if cfg.tensorboard:
             try:
                 importlib.import_module("torch.utils.tensorboard")
@@ -204,6 +215,7 @@ class Trainer:
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
         self._last_penalty = None  # the last penalty a D step computed (d_step's "penalty")
         self.history: list[dict] = []
+        self.eval_history: list[dict] = []  # the evaluations' records (log.jsonl records with kind "eval")
         self.diverged: str | None = None  # what became non-finite, and at which step
         torch.manual_seed(cfg.seed * 31 + self.dist.rank)
         if state is not None:
@@ -536,6 +548,35 @@ class Trainer:
         save_image_grid(images, path, nrow=8)
         return images
 
+    @torch.no_grad()
+    def eval_images(self, z: torch.Tensor, noise_seed: int = 0) -> torch.Tensor:
+        """G_ema's images of the latents ``z`` [N, z_dim] for the metrics: float32 in [-1, 1] on the
+        CPU, computed in eval mode without gradients (G_ema's train/eval mode is restored).
+        ``noise_seed``: a model with noise inputs draws them from its own generator seeded with it."""
+        training = self.G_ema.training
+        self.G_ema.eval()
+        try:
+            with self._ops():
+                images = self._eval_forward(z.to(self.device), noise_seed)
+        finally:
+            self.G_ema.train(training)
+        return images.float().clamp(-1, 1).cpu()
+
+    def _eval_forward(self, z: torch.Tensor, noise_seed: int) -> torch.Tensor:
+        return self.G_ema(z)
+
+    def evaluate(self) -> dict:
+        """The evaluator's record fields for G_ema now, plus ``eval_s`` (its seconds). The global
+        random state (the CPU's, and this CUDA device's) is saved and restored around it, so a run
+        that evaluates draws the same training random numbers as one that does not."""
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            fields = dict(self.evaluator(self))
+        fields["eval_s"] = time.perf_counter() - t0
+        return fields
+
     def train(self) -> dict:
         """Run until ``cfg.steps`` G steps are done, or to a stop (see the module docstring).
         Returns the summary: "status" is "completed", "interrupted" ("signal" names it) or
@@ -596,6 +637,9 @@ class Trainer:
             log.step(self.step, stats, due=self.step % cfg.log_every == 0 or last)
             if main and (self.step % cfg.sample_every == 0 or last):
                 log.samples(self.step, self.sample(os.path.join(cfg.out, "samples", f"step_{self.step:07d}.png")))
+            if main and self.evaluator is not None and (self.step % cfg.eval_every == 0 or last) \
+                    and self.diverged is None:
+                log.evaluation(self.step, self.evaluate())
             if self.step % cfg.ckpt_every == 0 or last:
                 log.flush()
                 self._checkpoint()
@@ -627,7 +671,9 @@ class Trainer:
                    "signal": signal.Signals(signum).name if signum else None, "diverged": self.diverged,
                    "checkpoint": os.path.join(cfg.out, LATEST), "checkpoint_step": self.checkpoint_step,
                    "samples": os.path.join(cfg.out, "samples"), "device": str(self.device),
-                   "backend": "plain torch" if not cfg.fused else backend_for_device(self.device)}
+                   "backend": "plain torch" if not cfg.fused else backend_for_device(self.device),
+                   "eval": ({k: v for k, v in self.eval_history[-1].items() if k not in ("kind", "time_s")}
+                            if self.eval_history else None)}
         if monitor is not None:
             res = monitor.report()
             summary.update(energy_j=res["energy_j"], joules_per_image=res["joules_per_image"],
@@ -671,6 +717,11 @@ class RunLog:
     trainer's ``diverged``. ``log.jsonl`` keeps the records up to the step the run starts from
     (a resumed run continues its log, a new run starts a new one).
 
+    With ``eval_every`` the evaluations are records too, in step order with the others:
+    ``{"step", "kind": "eval", <metrics: fid, kid, kid_std, precision, recall>, "n_fake", "n_real",
+    "features", "eval_s", "time_s"}`` (training records have no "kind"); the next training
+    record's step time leaves the evaluation's time out.
+
     ``penalty`` is recorded only as computed: lazy R1 runs on every ``reg_interval``-th D step, so
     a record carries ``penalty`` and ``penalty_step``, the last step since the previous record
     one of whose D steps computed it, or no ``penalty`` when none did (nor ever with penalty
@@ -702,6 +753,7 @@ class RunLog:
         self.step_last = start_step
         self.held = None  # (step, penalty) of a step that computed it since the last record
         self.kinds: dict[int, tuple[bool, bool]] = {}  # graph mode: pushed step -> (due, penalty computed)
+        self.eval_postfix: dict = {}  # the last evaluation's headline metric, for the progress bar
 
     def __enter__(self):
         return self
@@ -749,6 +801,25 @@ class RunLog:
         if self.tb is not None:
             self.tb.add_image("samples", image_grid(images, nrow=8), step, dataformats="HWC")
 
+    def evaluation(self, step: int, fields: dict) -> None:
+        """The record of an evaluation at ``step`` (``Trainer.evaluate``'s fields), after every
+        training record up to ``step`` (graph mode: those still pending are written first)."""
+        self.flush()
+        now = time.perf_counter()
+        rec = dict({"step": step, "kind": "eval"}, **fields, time_s=now - self.t_start)
+        self.t_last += fields.get("eval_s", 0.0)  # the next record's step time: training only
+        self.trainer.eval_history.append(rec)
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "time_s") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"eval/{k}", v, step)
+        head = next((k for k in ("fid", "kid", "precision") if rec.get(k) is not None), None)
+        self.eval_postfix = {head: f"{rec[head]:.4g}"} if head else {}  # shown from the next record on
+
     def flush(self) -> None:
         self._drain(wait_all=True)
 
@@ -793,7 +864,8 @@ class RunLog:
                 self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                 img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec))
+                                 img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec),
+                                 **self.eval_postfix)
 
 
 def _hparams(cfg: TrainConfig) -> dict:
