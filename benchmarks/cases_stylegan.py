@@ -15,13 +15,14 @@ live filter taps, the convolution; fwdbwd counts 3x the convolution). --quick on
 four bf16 fwdbwd cases (each case is one more torch.compile); --full runs every case in
 float32 and bf16. The CPU runs all of them shrunk (batch 1, channels / 32, sides / 16).
 
-Steps (family ``steps``): a StyleGAN2 generator and residual discriminator written on
-fastgan.functional (StyleGAN2-ADA's "paper256" channels, batch 8, float32) and the two steps
-that carry the lazy regularisers: the D step with R1 and the G step with the path-length
-penalty, their inner gradients inside ``no_weight_gradients()``. ``eager`` runs the same code on
-the eager reference (``use_backend("eager")``), ``fastgan`` on the fused ops, ``compile``
-(--full, or the CPU) compiles G and D for the loss passes and keeps the plain modules for the
-penalty passes. bytes: the image batches only (indicative); flops are not counted.
+Steps (family ``steps``): fastgan's StyleGAN2 trainer (``--model stylegan2``; NVlabs' stylegan2
+config channels, channel_base 32768, channel_max 512) at 128x128 (batch 32) and 256x256 (batch
+16, --full): the D step without and with R1, the G step with the path-length penalty (each
+penalty on that step, as the lazy step runs it) and one full iteration on NVlabs' lazy schedule.
+``eager`` is the plain-torch trainer (``fused=False``), ``fastgan`` the fused one; ``compile``
+(--full, or the CPU) compiles D (the plain D runs R1's double backward) and G where no
+path-length pass needs its double backward. bytes: the image batches only (indicative); flops
+are not counted.
 """
 from __future__ import annotations
 
@@ -184,200 +185,88 @@ def stylegan_cases(quick: bool = True, device_type: str = "cuda") -> list[Case]:
 
 # ----------------------------------------------------------------------------- steps
 
-# StyleGAN2-ADA's "paper256" configuration at one GPU's batch; the CPU runs a tiny one
-SG2 = dict(res=256, batch=8, z=512, cbase=16384, cmax=512, mapping=8)
-SG2_TINY = dict(res=16, batch=2, z=16, cbase=128, cmax=16, mapping=2)
-R1_GAMMA, D_REG_INTERVAL, PL_WEIGHT, G_REG_INTERVAL = 1.0, 16, 2.0, 4
+# fastgan's StyleGAN2 trainer (fastgan.train.stylegan2) with NVlabs' stylegan2 config channels:
+# (resolution, batch) on CUDA; the CPU runs a tiny network
+SG2_SIZES = ((128, 32), (256, 16))
+SG2_NET = dict(z_dim=512, channel_base=32768, channel_max=512, mapping_layers=8)
+SG2_TINY = dict(res=16, batch=4, z_dim=16, channel_base=64, channel_max=16, mapping_layers=2)
+# kind -> (what, penalty, path-length weight, lazy intervals (R1, path length))
+SG2_KINDS = {
+    "d": ("d", "none", 0.0, (1, 1)),
+    "r1.d": ("d", "r1", 0.0, (1, 1)),      # R1 on this step (the lazy step, gamma * interval / 2)
+    "pl.g": ("g", "none", 2.0, (1, 1)),    # path length on this step (the lazy step)
+    "iter": ("iter", "r1", 2.0, (16, 4)),  # Trainer.train_step on NVlabs' lazy schedule
+}
 
 
-def _channels(res: int, cfg: dict) -> int:
-    return min(cfg["cbase"] // res, cfg["cmax"])
+def _sg2_trainer(device, res: int, batch: int, net: dict, fused: bool, penalty: str, pl_weight: float,
+                 intervals: tuple[int, int]):
+    from fastgan.train import Trainer, TrainConfig
+
+    cfg = TrainConfig(model="stylegan2", resolution=res, batch_size=batch, n_embedded=batch, fused=fused,
+                      penalty=penalty, pl_weight=pl_weight, reg_interval=intervals[0], pl_interval=intervals[1],
+                      device=str(device), progress=False, **net)
+    return Trainer(cfg, log=lambda *a, **k: None)
 
 
-class _G(torch.nn.Module):
-    """A StyleGAN2 generator on fastgan.functional: mapping network, modulated 3x3 convolutions
-    with noise (upsampling ones at each new resolution), skip toRGB outputs."""
-
-    def __init__(self, cfg: dict):
-        super().__init__()
-        P = torch.nn.Parameter
-        z, self.res = cfg["z"], cfg["res"]
-        self.mapping = torch.nn.ParameterList(P(torch.randn(z, z)) for _ in range(cfg["mapping"]))
-        self.const = P(torch.randn(_channels(4, cfg), 4, 4))
-        self.convs, self.rgbs = [], []  # (cin, cout, up) and cin per toRGB
-        res, cin = 4, _channels(4, cfg)
-        while res <= self.res:
-            cout = _channels(res, cfg)
-            self.convs += ([] if res == 4 else [(cin, cout, 2)]) + [(cout, cout, 1)]
-            self.rgbs.append(cout)
-            res, cin = res * 2, cout
-        self.weights = torch.nn.ParameterList(P(torch.randn(o, i, 3, 3)) for i, o, _ in self.convs)
-        self.rgb_weights = torch.nn.ParameterList(P(torch.randn(3, c, 1, 1)) for c in self.rgbs)
-        self.affines = torch.nn.ParameterList(P(torch.randn(i, z)) for i in [c[0] for c in self.convs] + self.rgbs)
-        self.biases = torch.nn.ParameterList(P(torch.zeros(o)) for _, o, _ in self.convs)
-        self.noise_strength = P(torch.full((len(self.convs),), 0.1))
-        self.register_buffer("f", torch.tensor([1.0, 3.0, 3.0, 1.0]).outer(torch.tensor([1.0, 3.0, 3.0, 1.0])) / 64)
-
-    def map(self, z):
-        from fastgan.functional import bias_act
-
-        x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
-        for w in self.mapping:
-            x = bias_act(x @ (w * w.shape[1] ** -0.5).t(), None, act="lrelu")
-        return x[:, None].expand(-1, len(self.affines), -1)
-
-    def synthesize(self, ws):
-        from fastgan.functional import bias_act, modulated_conv2d, upsample2d
-
-        def styles(i):
-            a = self.affines[i]
-            return bias_act(ws[:, i] @ (a * a.shape[1] ** -0.5).t(), None) + 1
-        x, img, n = self.const[None].expand(ws.shape[0], -1, -1, -1), None, len(self.convs)
-        for i, ((cin, _, up), w) in enumerate(zip(self.convs, self.weights)):
-            side = x.shape[2] * up
-            noise = torch.randn(x.shape[0], 1, side, side, device=x.device, dtype=x.dtype) * self.noise_strength[i]
-            x = modulated_conv2d(x, w * (9 * cin) ** -0.5, styles(i), noise, up=up, padding=1, resample_filter=self.f,
-                                 bias=self.biases[i], act="lrelu", clamp=256)
-            if up == 1:  # the end of a resolution: its toRGB, added to the upsampled image so far
-                k = len([c for c in self.convs[:i + 1] if c[2] == 1]) - 1
-                wr = self.rgb_weights[k]
-                y = modulated_conv2d(x, wr * wr.shape[1] ** -0.5, styles(n + k), demodulate=False)
-                img = y if img is None else upsample2d(img, self.f) + y
-        return img
-
-    def forward(self, z):
-        return self.synthesize(self.map(z))
-
-
-class _D(torch.nn.Module):
-    """A StyleGAN2 residual discriminator on fastgan.functional (conv2d_resample, bias_act),
-    with the minibatch standard deviation layer."""
-
-    def __init__(self, cfg: dict):
-        super().__init__()
-        P = torch.nn.Parameter
-        self.res = cfg["res"]
-        c = _channels(self.res, cfg)
-        self.from_rgb = P(torch.randn(c, 3, 1, 1))
-        self.blocks = torch.nn.ParameterList()
-        res = self.res
-        while res > 4:
-            cin, cout = _channels(res, cfg), _channels(res // 2, cfg)
-            self.blocks.extend([P(torch.randn(cin, cin, 3, 3)), P(torch.randn(cout, cin, 3, 3)),
-                                P(torch.randn(cout, cin, 1, 1))])
-            res //= 2
-        c4 = _channels(4, cfg)
-        self.conv4 = P(torch.randn(c4, c4 + 1, 3, 3))
-        self.fc = P(torch.randn(c4, c4 * 16))
-        self.out = P(torch.randn(1, c4))
-        self.register_buffer("f", torch.tensor([1.0, 3.0, 3.0, 1.0]).outer(torch.tensor([1.0, 3.0, 3.0, 1.0])) / 64)
-
-    def forward(self, img):
-        from fastgan.functional import bias_act, conv2d_resample
-
-        def conv(x, w, **kw):
-            return conv2d_resample(x, w * (w[0].numel() ** -0.5), self.f, **kw)
-        x = bias_act(conv(img, self.from_rgb), None, act="lrelu")
-        for i in range(0, len(self.blocks), 3):
-            w0, w1, ws = self.blocks[i:i + 3]
-            skip = conv(x, ws, down=2)
-            x = bias_act(conv(x, w0, padding=1), None, act="lrelu")
-            x = bias_act(conv(x, w1, down=2, padding=1), None, act="lrelu", gain=2 ** 0.5 * 0.5 ** 0.5)
-            x = x + skip * 0.5 ** 0.5
-        n, c, h, w = x.shape
-        g = min(4, n)
-        y = x.reshape(g, -1, 1, c, h, w)
-        y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean(dim=(2, 3, 4)).reshape(-1, 1, 1, 1)
-        x = torch.cat([x, y.repeat(g, 1, h, w)], 1)
-        x = bias_act(conv(x, self.conv4, padding=1), None, act="lrelu")
-        x = bias_act(x.flatten(1) @ (self.fc * self.fc.shape[1] ** -0.5).t(), None, act="lrelu")
-        return x @ (self.out * self.out.shape[1] ** -0.5).t()
-
-
-def _sg2_steps(cfg: dict, device, what: str, wrap=None):
-    """One StyleGAN2-ADA step with its lazy regulariser (the step that runs it): "d" = the D loss
-    on fakes and reals plus R1 (gamma * interval / 2), "g" = the G loss plus the path-length
-    penalty (weight * interval, on half the batch); the inner gradient of each penalty is taken
-    inside no_weight_gradients(). ``wrap`` (e.g. torch.compile) wraps G and D for the loss passes;
-    the plain modules run the penalty passes (torch.compile cannot take their double backward)."""
-    import torch.nn.functional as F
-
-    from fastgan.functional.gradfix import no_weight_gradients
-
-    torch.manual_seed(0)
-    G, D = _G(cfg).to(device), _D(cfg).to(device)
-    G_loss, D_loss = (G, D) if wrap is None else (wrap(G), wrap(D))
-    opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(D.parameters(), lr=0.0025, betas=(0.0, 0.99))
-    n, res, z = cfg["batch"], cfg["res"], cfg["z"]
-    real = torch.rand(n, 3, res, res, device=device) * 2 - 1
-    pl_mean = torch.zeros((), device=device)
-
-    def d_step():
-        with torch.no_grad():
-            fake = G_loss(torch.randn(n, z, device=device))
-        opt_d.zero_grad(set_to_none=True)
-        x = real.detach().requires_grad_(True)
-        real_logits = D(x)
-        with no_weight_gradients():
-            (grad,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
-        r1 = grad.square().sum(dim=(1, 2, 3)) * (R1_GAMMA / 2 * D_REG_INTERVAL)
-        (F.softplus(D_loss(fake)).mean() + F.softplus(-real_logits).mean() + r1.mean()).backward()
-        opt_d.step()
-
-    def g_step():
-        D.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
-        F.softplus(-D_loss(G_loss(torch.randn(n, z, device=device)))).mean().backward()
-        ws = G.map(torch.randn(n // 2, z, device=device))
-        img = G.synthesize(ws)
-        pl_noise = torch.randn_like(img) / res
-        with no_weight_gradients():
-            (grad,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
-        lengths = grad.square().sum(2).mean(1).sqrt()
-        pl_mean.lerp_(lengths.mean().detach(), 0.01)
-        ((lengths - pl_mean).square().mean() * (PL_WEIGHT * G_REG_INTERVAL)).backward()
-        opt_g.step()
-        D.requires_grad_(True)
-
-    return (d_step if what == "d" else g_step), G, D
-
-
-def _make_step(what: str, cfg: dict, quick: bool):
+def _make_step(kind: str, res: int, batch: int, net: dict, quick: bool):
     def make(device, dtype):
         import fastgan
+        from .cases_steps import _SplitD, _step_fn, _warm
 
-        def run_with(backend, split=False):
-            def build():
-                step = _sg2_steps(cfg, device, what, compile_fn if split else None)[0]
+        what, penalty, pl_weight, intervals = SG2_KINDS[kind]
 
-                def call():
-                    with fastgan.use_backend(backend):
-                        step()
-                for _ in range(3):  # Adam's state, the conv dispatcher's timings, compilation
-                    call()
-                return call
-            return build
+        def trainer(fused):
+            tr = _sg2_trainer(device, res, batch, net, fused, penalty, pl_weight, intervals)
+            g = torch.Generator().manual_seed(res * 1000 + batch)
+            return tr, (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device)
 
-        fns = {"eager": Lazy(run_with("eager")), "fastgan": Lazy(run_with("auto")),
-               "fastgan+graphs": "n/a: the StyleGAN2 steps are not captured as CUDA graphs"}
+        def timed(fused):
+            tr, real = trainer(fused)
+            return _warm(_step_fn(tr, what, real))
+
+        def compiled():
+            tr, real = trainer(False)
+            plain_d = tr.D
+            tr.D = compile_fn(plain_d)
+            if penalty != "none":
+                tr.D = _SplitD(plain_d, tr.D)  # R1's pass (a leaf input that requires grad) runs the plain D
+            if pl_weight == 0:
+                tr.G = compile_fn(tr.G)
+            return _warm(_step_fn(tr, what, real)), {"config": (
+                "torch.compile(D)" + (" for the loss passes, the plain D for R1's double backward" if penalty != "none"
+                                      else "") + ("; torch.compile(G)" if pl_weight == 0 else
+                                                  "; plain G (the path-length pass is a double backward through G)"))}
+
+        fns = {"eager": Lazy(lambda: timed(False))}
+        backend = fastgan.backend.backend_for_device(device)
+        fns["fastgan"] = Lazy(lambda: timed(True)) if backend == "triton" else (
+            f"fastgan's Triton path needs CUDA and Triton (backend here: {backend})")
+        fns["fastgan+graphs"] = "n/a: the StyleGAN2 trainer's steps are not captured as CUDA graphs"
         if quick and device.type == "cuda":
             fns["compile"] = ("skipped in --quick: torch.compile of the StyleGAN2 networks takes minutes of "
                               "compilation; --full times it")
         else:
-            fns["compile"] = Lazy(run_with("eager", split=True))
-            fns["compile:extra"] = {"config": "split: torch.compile(G), torch.compile(D) for the loss passes, the "
-                                              "plain modules for the penalty passes (double backward)"}
+            fns["compile"] = Lazy(compiled)
         return fns
 
     return make
 
 
 def stylegan_step_cases(quick: bool = True, device_type: str = "cuda") -> list[Case]:
-    """The StyleGAN2 D step with lazy R1 and G step with the path-length penalty (float32)."""
-    cfg = SG2 if device_type == "cuda" else SG2_TINY
-    n, res = cfg["batch"], cfg["res"]
-    image = 3 * res * res * 4
-    return [Case(case=f"step.sg2_{res}.{kind}.B{n}", family="steps", shape=[n, 3, res, res], dtype="float32",
-                 bytes=2 * n * image, flops=0, make=_make_step(what, cfg, quick), images=n)
-            for kind, what in (("r1.d", "d"), ("pl.g", "g"))]
+    """fastgan's StyleGAN2 trainer: the D step without and with R1, the G step with the path-length
+    penalty and one full iteration on the lazy schedule, at 128x128 (--quick) and 256x256 (--full)
+    on CUDA (the trainer's precision: bf16 in the top resolutions); tiny on the CPU. ``images`` is
+    the batch, so the record's images/s gives s/kimg = 1000 / (images/s) for the ``iter`` case
+    (median over its calls: most iterations carry no regulariser)."""
+    if device_type != "cuda":
+        t = SG2_TINY
+        grid = [(t["res"], t["batch"], {k: v for k, v in t.items() if k not in ("res", "batch")})]
+    else:
+        grid = [(res, batch, SG2_NET) for res, batch in (SG2_SIZES[:1] if quick else SG2_SIZES)]
+    return [Case(case=f"step.sg2_{res}.{kind}.B{batch}", family="steps", shape=[batch, 3, res, res], dtype="float32",
+                 bytes=2 * batch * 3 * res * res * 4, flops=0, make=_make_step(kind, res, batch, net, quick),
+                 images=batch, extra={"model": f"StyleGAN2 {res}x{res} (fastgan.models.stylegan2), channel_base "
+                                               f"{net['channel_base']}, channel_max {net['channel_max']}",
+                                      "kind": kind})
+            for res, batch, net in grid for kind in SG2_KINDS]

@@ -158,7 +158,7 @@ def test_quick_cuda_case_list_covers_every_family_and_provider():
     steps = [c for c in cases if c.family == "steps" and c.case.startswith("step.dcgan")]
     kinds = {c.case.split(".", 2)[2].rsplit(".", 1)[0] for c in steps}
     assert kinds == {"ns.d", "wgan_gp.d", "r1.d", "ns.g", "wgan_gp.iter"}
-    assert {"step.sg2_256.r1.d.B8", "step.sg2_256.pl.g.B8"} <= set(names)  # the StyleGAN2 steps
+    assert {"step.sg2_128.r1.d.B32", "step.sg2_128.pl.g.B32", "step.sg2_128.iter.B32"} <= set(names)  # StyleGAN2
     # the headline (a full iteration with the penalty, 64x64, batch 64) runs first: a run cut
     # short by its time budget keeps it
     assert run.all_cases(quick=True, device_type="cuda")[0].case == "step.dcgan64.wgan_gp.iter.B64"
