@@ -14,9 +14,9 @@ What is fused
      normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
      mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes a ``FoldedActivation``.
      Differentiable twice in both modes, so gradient penalties through it are exact.
-   - ``Conv2d`` / ``ConvTranspose2d`` followed by such a fused batch norm -> the convolution runs
-     fastgan's conv with ``bn_partials``: in training mode its epilogue computes the batch
-     statistics' per-tile partials, and the batch norm skips its own statistics pass.
+   - ``Conv2d`` / ``ConvTranspose2d`` followed by such a fused batch norm or instance norm -> the
+     convolution runs fastgan's conv with ``bn_partials``: in training mode its epilogue computes
+     the statistics' per-tile partials, and the norm skips its own statistics pass.
 
    A Sequential is assumed to be called as a whole (``self.main(x)``): one that is only used
    as a list and iterated with other code between its children would be misread.
@@ -488,17 +488,17 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
 
 
 def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
-    """In every Sequential, a convolution right before a fused batch norm (the sequential pass
-    fused it with its activation) computes the batch norm's statistics partials in its epilogue:
-    fused with a linear epilogue (if it is not fused yet) and ``bn_partials`` set."""
+    """In every Sequential, a convolution right before a fused batch or instance norm (the
+    sequential pass fused it with its activation) computes the norm's statistics partials in its
+    epilogue: fused with a linear epilogue and ``bn_partials`` set (True, or "instance")."""
     for seq_name, seq in list(model.named_modules()):
         if not isinstance(seq, nn.Sequential):
             continue
         items = [(k, m) for k, m in seq._modules.items() if m is not None]
         for (name, m), (bn_name, bn) in zip(items, items[1:]):
             kind = _kind_of(m)
-            if kind is None or kind.base not in (nn.Conv2d, nn.ConvTranspose2d) or not isinstance(bn, nn.BatchNorm2d) \
-                    or not is_fused(bn):
+            if kind is None or kind.base not in (nn.Conv2d, nn.ConvTranspose2d) \
+                    or not isinstance(bn, (nn.BatchNorm2d, nn.InstanceNorm2d)) or not is_fused(bn):
                 continue
             pattern = f"{_label(m)}+{type(bn)._fastgan_base.__name__}"
             reason = _fusable_reason(m, kind, refs)
@@ -507,7 +507,7 @@ def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateRep
                     report.left.append(Skipped(_join(seq_name, name), pattern, reason))
                 continue
             _swap_to_fused(m, _Fusion("linear"))
-            m.bn_partials = True
+            m.bn_partials = "instance" if isinstance(bn, nn.InstanceNorm2d) else True
             report.replaced.append(Replacement(_join(seq_name, name), pattern, "linear", None, 1.0, "sequential",
                                                f"{_join(seq_name, bn_name)}'s statistics pass"))
 

@@ -245,13 +245,19 @@ def _conv_act_kernel(
     else:
         y = _epilogue(acc, b_ptr, y_ptr, z_ptr, out_offs, out_ok, chan[None, :], co_ok[None, :], alpha, gain, clamp,
                       alpha_lo, gain_lo, clamp_lo, ACT, HAS_BIAS, HAS_CLAMP, STORE_Z, IS_F64, RTNE_BF16)
-        if BN_STATS:  # batch-norm partials of this tile: row pid_m * phases + phase, columns chan
+        if BN_STATS > 0:  # normalisation partials of this tile, at [row, column] of [T, columns] buffers
+            if BN_STATS == 1:  # batch norm: row pid_m * phases + phase, column chan
+                tile, col, width = pid_m, chan, C_OUT
+            else:  # instance norm (the tiles never straddle two images): per image, row tile * phases + phase
+                tiles_per_image = (OHP * OWP) // BLOCK_M
+                tile = pid_m % tiles_per_image
+                col, width = (pid_m // tiles_per_image) * C_OUT + chan, N * C_OUT
             if TRANSPOSED:
-                row = pid_m * (STR_H * STR_W) + phase
+                row = tile * (STR_H * STR_W) + phase
             else:
-                row = pid_m
-            _bn_partials(y.to(y_ptr.dtype.element_ty).to(acc.dtype), out_ok, row, chan, co_ok, cnt_ptr, mean_ptr,
-                         m2_ptr, C_OUT)
+                row = tile
+            _bn_partials(y.to(y_ptr.dtype.element_ty).to(acc.dtype), out_ok, row, col, co_ok, cnt_ptr, mean_ptr,
+                         m2_ptr, width)
 
 
 @triton.jit
@@ -395,7 +401,8 @@ class _Plan:
     """The launch geometry of one convolution: output shape and format, the implicit GEMM's
     rows (output pixels of one phase and group), the tiling and the split-K factor."""
 
-    def __init__(self, x, w, geom: ConvGeom, tap_loop=None, split_k=None, dense_y: bool = True):
+    def __init__(self, x, w, geom: ConvGeom, tap_loop=None, split_k=None, dense_y: bool = True,
+                 instance: bool = False):
         (sh, sw), (dh, dw), groups = geom.stride, geom.dilation, geom.groups
         n_, c_in, h, w_in = x.shape
         kh, kw = w.shape[2], w.shape[3]
@@ -416,6 +423,10 @@ class _Plan:
         self.k_total = kh * kw * self.cig
         self.tap, self.bm, self.bn, self.bk, self.warps, self.stages = _blocks(
             self.rows, self.cog, self.cig, self.k_total, x.dtype, tap_loop, self.grid1)
+        self.instance = instance
+        if instance:  # row tiles within one image: BLOCK_M divides the pixels of one image (and phase)
+            while (self.ohp * self.owp) % self.bm and self.bm > 16:
+                self.bm //= 2
         self.ctas = triton.cdiv(self.rows, self.bm) * triton.cdiv(self.cog, self.bn)
         if not dense_y:  # (a given y of other strides: the split epilogue walks dense memory)
             split_k = 1
@@ -427,21 +438,29 @@ class _Plan:
 
     def bn_partial_rows(self) -> int:
         """Rows T of the [T, Cout] batch-norm partials the epilogue writes (one per row tile and
-        phase); 0 when it writes none (split-K: no program holds a finished tile)."""
-        return 0 if self.split_k > 1 else triton.cdiv(self.rows, self.bm) * self.phases
+        phase), or of the [T, N * Cout] instance-norm ones (one per row tile of an image and
+        phase); 0 when it writes none (split-K: no program holds a finished tile; instance: no
+        tile of 16 rows or more divides an image)."""
+        if self.split_k > 1:
+            return 0
+        if self.instance:
+            per_image = self.ohp * self.owp
+            return 0 if per_image % self.bm else per_image // self.bm * self.phases
+        return triton.cdiv(self.rows, self.bm) * self.phases
 
 
-def bn_partial_rows(x: torch.Tensor, w: torch.Tensor, geom: ConvGeom) -> int:
-    """The rows T of the batch-norm partials (count, mean, M2, each [T, Cout] in float32, float64
-    for float64) that ``conv_act_fwd(..., bn_partials=)`` fills for this convolution with a
-    linear epilogue; 0 when this launch cannot (then run ``bn_stats`` on the output)."""
+def bn_partial_rows(x: torch.Tensor, w: torch.Tensor, geom: ConvGeom, instance: bool = False) -> int:
+    """The rows T of the normalisation partials (count, mean, M2, each [T, Cout] in float32,
+    float64 for float64; [T, N * Cout] with ``instance``: one column per image and channel) that
+    ``conv_act_fwd(..., bn_partials=, instance=)`` fills for this convolution with a linear
+    epilogue; 0 when this launch cannot (then run ``bn_stats`` on the output)."""
     if x.numel() == 0 or w.numel() == 0:
         return 0
-    return _Plan(x, w, geom).bn_partial_rows()
+    return _Plan(x, w, geom, instance=instance).bn_partial_rows()
 
 
 def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, clamp=None, *, store_z=False,
-                 y=None, z=None, tap_loop=None, split_k=None, bn_partials=None):
+                 y=None, z=None, tap_loop=None, split_k=None, bn_partials=None, instance=False):
     """y = clamp(act(conv(x, w) + b) * gain) for the convolution ``geom`` describes (conv2d or
     conv_transpose2d); returns ``(y, z)`` with z = conv(x, w) (pre-bias) when ``store_z`` else None.
 
@@ -452,7 +471,8 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
     a tile's K (None: heuristics; split-K sums float32 partials in a second, elementwise kernel).
     ``bn_partials``: (count, mean, m2) buffers of shape [``bn_partial_rows``, Cout] that the
     epilogue fills with each tile's batch-norm partials of the stored y (a linear epilogue
-    without clamp only: the statistics of the convolution's output).
+    without clamp only: the statistics of the convolution's output); with ``instance`` they are
+    per image and channel ([``bn_partial_rows(..., instance=True)``, N * Cout]).
     Arguments are assumed valid (the functional layer checks them).
     """
     check_launch_dtype(x, w, b)
@@ -467,13 +487,13 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
     kh, kw = w.shape[2], w.shape[3]
     fmt = torch.channels_last if output_channels_last(x, w) else torch.contiguous_format
     plan = _Plan(x, w, geom, tap_loop, 1 if bn_partials is not None else split_k,
-                 dense_y=y is None or y.is_contiguous(memory_format=fmt))
+                 dense_y=y is None or y.is_contiguous(memory_format=fmt), instance=instance and bn_partials is not None)
     shape = plan.shape
     _check_out(y, shape, x, "y")
     _check_out(z, shape, x, "z")
     if bn_partials is not None:
-        want = (plan.bn_partial_rows(), plan.cout)
-        if any(tuple(p.shape) != want or not p.is_contiguous() for p in bn_partials):
+        want = (plan.bn_partial_rows(), plan.cout * (n_ if instance else 1))
+        if not want[0] or any(tuple(p.shape) != want or not p.is_contiguous() for p in bn_partials):
             raise ValueError(f"bn_partials must be three contiguous {want} buffers (bn_partial_rows)")
     if y is None:
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -527,7 +547,8 @@ def conv_act_fwd(x, w, b, geom: ConvGeom, act="linear", alpha=0.0, gain=1.0, cla
         TRANSPOSED=transposed, TAP_LOOP=plan.tap, TF32=_use_tf32(x),
         ROUND_TF32=_use_tf32(x) and x.dtype == torch.float32,
         UPCAST=is_interpreted() and x.dtype in (torch.float16, torch.bfloat16), SPLIT_K=split_k,
-        BN_STATS=bn_partials is not None, BLOCK_M=plan.bm, BLOCK_N=plan.bn, BLOCK_K=plan.bk, num_warps=plan.warps,
+        BN_STATS=0 if bn_partials is None else 2 if instance else 1, BLOCK_M=plan.bm, BLOCK_N=plan.bn,
+        BLOCK_K=plan.bk, num_warps=plan.warps,
         num_stages=plan.stages, **epilogue_flags)
     if split_k > 1:
         cl = output_channels_last(x, w)

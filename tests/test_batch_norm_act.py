@@ -305,3 +305,45 @@ def test_conv_epilogue_statistics_not_used_after_an_in_place_change(device):
     y.mul_(3.0).add_(1.0)
     out = batch_norm_act(y, None, None, None, None, True, act="linear", gain=1.0)
     assert_close(out, F.batch_norm(y, None, None, None, None, True), torch.float64, "output")
+
+
+@pytest.mark.parametrize("case", ["conv_tiles_per_image", "transposed", "no_dividing_tile"])
+def test_conv_epilogue_instance_statistics(case, device):
+    """conv2d_act(..., bn_partials="instance"): the epilogue's tiles stay within one image and
+    write per-(image, channel) partials; instance_norm_act merges them (no statistics pass,
+    counted) and matches conv + F.instance_norm + act in float64, first and second order. An
+    image whose pixels no tile of 16 rows or more divides falls back to the statistics pass."""
+    if fastgan.backend_for(torch.empty(1, device=device)) == "eager":
+        pytest.skip("eager backend runs no kernel")
+    from collections import Counter
+    from fastgan.benchmarks.launches import count_launches
+    from fastgan.functional import conv2d_act, conv_transpose2d_act
+    from fastgan.functional.batch_norm_act import instance_norm_act
+    transposed = case == "transposed"
+    side = {"conv_tiles_per_image": 48, "transposed": 16, "no_dividing_tile": 7}[case]  # 48^2 = 9 tiles of 256
+    x = torch.randn(2, 3, side, side, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn((3, 4, 4, 4) if transposed else (4, 3, 3, 3), dtype=torch.float64, device=device,
+                    requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    iw = (torch.rand(4, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+
+    def conv(inp, fused, **kw):
+        if transposed:
+            return (conv_transpose2d_act if fused else F.conv_transpose2d)(inp, w, b, 2, 1, **kw)
+        return (conv2d_act if fused else F.conv2d)(inp, w, b, 1, 1, **kw)
+
+    counts = Counter()
+    with count_launches(counts):
+        out = instance_norm_act(conv(x, True, bn_partials="instance"), weight=iw, act="lrelu", gain=1.0)
+    fused_stats = case != "no_dividing_tile"
+    assert counts["triton._bn_stats_kernel"] == (0 if fused_stats else 1), dict(counts)
+    want = F.leaky_relu(F.instance_norm(conv(x, False), weight=iw), 0.2)
+    assert_close(out, want, torch.float64, "output")
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, w, iw], g, create_graph=True)
+    exp = torch.autograd.grad(want, [x, w, iw], g, create_graph=True)
+    for name, a, e in zip(("x", "w", "weight"), got, exp):
+        assert_close(a, e, torch.float64, f"d{name}")
+    (pw,) = torch.autograd.grad(got[0].square().sum(), [w])
+    (ew,) = torch.autograd.grad(exp[0].square().sum(), [w])
+    assert_close(pw, ew, torch.float64, "penalty dw")

@@ -267,7 +267,12 @@ def instance_norm_act(x: Tensor, running_mean: Optional[Tensor] = None, running_
     n = x.shape[0]
     view = x.reshape(1, n * c, -1)
     repeated = [t.repeat(n) if t is not None else None for t in (weight, bias)]
-    stats = _batch_stats(view, repeated[0], None, None, None, 0.0, eps)
+    partials = tagged_bn_partials(x, instance=True)
+    if partials is not None and partials[0].shape[1] == n * c:  # computed by the conv that made x
+        stats = BATCH_NORM_FINALIZE(*partials, repeated[0].detach() if repeated[0] is not None else None, None, None,
+                                    None, 0.0, float(eps))
+    else:
+        stats = _batch_stats(view, repeated[0], None, None, None, 0.0, eps)
     y = BATCH_NORM_ACT(view, *repeated, stats, float(eps), spec.act, spec.alpha, spec.gain, spec.clamp)
     if running_mean is not None and running_var is not None:
         _update_running(running_mean, running_var, stats[0].view(n, c).mean(0), stats[3].view(n, c).mean(0), momentum)

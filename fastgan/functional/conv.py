@@ -98,28 +98,30 @@ def _partials_like(x: Tensor, rows: int, cout: int) -> list:
 
 
 def _fake(x, w, b, transposed, stride, padding, dilation, groups, output_padding, act, alpha, gain, clamp,
-          store_z, bn_rows):
+          store_z, bn_rows, bn_instance):
     geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
     n, cout = x.shape[0], w.shape[1] * groups if transposed else w.shape[0]
     shape = (n, cout, *geom.output_hw(x.shape[2:], w.shape[2:]))
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x, w))
-    return (y, (torch.empty_like(y) if store_z else x.new_empty((0,))), *_partials_like(x, bn_rows, cout))
+    return (y, (torch.empty_like(y) if store_z else x.new_empty((0,))),
+            *_partials_like(x, bn_rows, cout * (n if bn_instance else 1)))
 
 
 def _forward(x: Tensor, w: Tensor, b: Optional[Tensor], transposed: bool, stride: List[int], padding: List[int],
              dilation: List[int], groups: int, output_padding: List[int], act: str, alpha: float, gain: float,
-             clamp: Optional[float], store_z: bool, bn_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+             clamp: Optional[float], store_z: bool, bn_rows: int,
+             bn_instance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, z, count, mean, M2): z empty unless store_z; the batch-norm partials of y [bn_rows, Cout]
-    (``kernels.bn_partial_rows``; written by the Triton kernel's epilogue, which then always runs)
-    empty unless bn_rows."""
+    ([bn_rows, N * Cout] per image and channel with bn_instance: ``kernels.bn_partial_rows``;
+    written by the Triton kernel's epilogue, which then always runs) empty unless bn_rows."""
     geom = ConvGeom.from_op_args(transposed, stride, padding, dilation, groups, output_padding)
     spec = ActSpec(act, alpha, gain, clamp)
     fmt = _out_format(x, w)
     cout = w.shape[1] * groups if transposed else w.shape[0]
-    partials = _partials_like(x, bn_rows, cout)
+    partials = _partials_like(x, bn_rows, cout * (x.shape[0] if bn_instance else 1))
     if bn_rows:
         y, z = _backend.kernels().conv_act_fwd(x, w, b, geom, act, alpha, gain, clamp, store_z=store_z,
-                                               bn_partials=partials)
+                                               bn_partials=partials, instance=bn_instance)
     else:
         key = f"{geom.op}_act" + ("" if b is None and spec == _IDENTITY else "+epi") + ("+z" if store_z else "")
         impl = conv_dispatch.choose(key, x, w, geom.args(),
@@ -170,7 +172,7 @@ def _backward(ctx, dy, dz_extra, *_partials):
             dx = _input_grad(dz, w, geom, x.shape[2:])
         if want_w:
             dw = CONV_WEIGHT_GRAD(x, dz, w, *geom.op_args())
-    return (dx, dw, db if want_b else None) + (None,) * 12
+    return (dx, dw, db if want_b else None) + (None,) * 13
 
 
 CONV_ACT = FusedOp("conv_act", _forward, _fake, _setup, _backward)
@@ -198,26 +200,28 @@ def _conv_act(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, spec: A
     """y of the fused op; z is produced (and kept) only when a backward will need it."""
     store_z = (_needs_z(spec) and not _act_from_y(spec) and torch.is_grad_enabled()
                and any(t is not None and t.requires_grad for t in (x, w, b)))
-    return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z, 0)[0]
+    return CONV_ACT(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, store_z, 0, False)[0]
 
 
-def _conv_with_bn_partials(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom) -> Tensor:
-    """y = conv(x, w) + b, its batch-norm partials computed in the epilogue and attached to y
-    (``batch_norm_act`` reads them: ``tagged_bn_partials``); a plain ``_conv_act`` when the launch
-    cannot write them (split-K) or a tracer records the call."""
-    rows = 0 if _tracing((x, w)) else _backend.kernels().bn_partial_rows(x, w, geom)
+def _conv_with_bn_partials(x: Tensor, w: Tensor, b: Optional[Tensor], geom: ConvGeom, instance: bool) -> Tensor:
+    """y = conv(x, w) + b, its batch-norm partials (per image and channel with ``instance``)
+    computed in the epilogue and attached to y (``batch_norm_act`` / ``instance_norm_act`` read
+    them: ``tagged_bn_partials``); a plain ``_conv_act`` when the launch cannot write them
+    (split-K; instance: no row tile divides an image) or a tracer records the call."""
+    rows = 0 if _tracing((x, w)) else _backend.kernels().bn_partial_rows(x, w, geom, instance)
     if not rows:
         return _conv_act(x, w, b, geom, _IDENTITY)
-    y, _, *partials = CONV_ACT(x, w, b, *geom.op_args(), "linear", 0.0, 1.0, None, False, rows)
-    y._fastgan_bn_partials = (partials, y._version)
+    y, _, *partials = CONV_ACT(x, w, b, *geom.op_args(), "linear", 0.0, 1.0, None, False, rows, instance)
+    y._fastgan_bn_partials = (partials, y._version, instance)
     return y
 
 
-def tagged_bn_partials(y: Tensor):
-    """The batch-norm partials (count, mean, M2) that ``_conv_with_bn_partials`` attached to y,
-    or None (none attached, or y changed in place since)."""
+def tagged_bn_partials(y: Tensor, instance: bool = False):
+    """The normalisation partials (count, mean, M2) that ``_conv_with_bn_partials`` attached to y
+    for a batch norm (or, ``instance``, an instance norm), or None (none of that kind attached, or
+    y changed in place since)."""
     tag = getattr(y, "_fastgan_bn_partials", None)
-    return tag[0] if tag is not None and tag[1] == y._version else None
+    return tag[0] if tag is not None and tag[1] == y._version and tag[2] == instance else None
 
 
 def _input_grad(g: Tensor, w: Tensor, geom: ConvGeom, x_hw) -> Tensor:
@@ -348,7 +352,7 @@ def _autocast_args(x, weight, bias):
 
 # ----------------------------------------------------------------------------- public API
 
-def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp, bn_partials: bool = False) -> Tensor:
+def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp, bn_partials=False) -> Tensor:
     spec = resolve_act(act, alpha, gain, clamp)
     unbatched = x.dim() == 3
     if unbatched:
@@ -356,7 +360,7 @@ def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp, bn_partials: 
     if _backend.backend_for(x, weight) == "eager":
         y = _conv_act_ref(x, weight, bias, geom, spec)
     elif bn_partials and spec == _IDENTITY and not unbatched:
-        y = _conv_with_bn_partials(x, weight, bias, geom)
+        y = _conv_with_bn_partials(x, weight, bias, geom, instance=bn_partials == "instance")
     else:
         y = _conv_act(x, weight, bias, geom, spec)
     return y.squeeze(0) if unbatched else y
@@ -364,7 +368,7 @@ def _run(x, weight, bias, geom: ConvGeom, act, alpha, gain, clamp, bn_partials: 
 
 def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0, dilation=1,
                groups: int = 1, act: str = "linear", alpha: Optional[float] = None, gain: Optional[float] = None,
-               clamp: Optional[float] = None, *, bn_partials: bool = False) -> Tensor:
+               clamp: Optional[float] = None, *, bn_partials=False) -> Tensor:
     """``bias_act(F.conv2d(x, weight, stride=..., ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     Args:
@@ -375,10 +379,11 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
         stride, padding, dilation, groups: as F.conv2d (padding also 'valid', or 'same' when
            symmetric).
         act, alpha, gain, clamp: the activation epilogue of :func:`fastgan.functional.bias_act`.
-        bn_partials: for a linear epilogue followed by a training-mode ``batch_norm_act`` of y: the
-           epilogue also computes y's per-tile batch statistics and attaches them to y, so that
-           the batch norm skips its statistics pass (the Triton kernel then always runs; nothing
-           changes where it cannot, e.g. a split-K launch).
+        bn_partials: for a linear epilogue followed by a training-mode ``batch_norm_act`` of y
+           (True) or an ``instance_norm_act`` with the instances' statistics ("instance"): the
+           epilogue also computes y's per-tile statistics and attaches them to y, so that the
+           norm skips its statistics pass (the Triton kernel then always runs; nothing changes
+           where it cannot, e.g. a split-K launch).
 
     Returns y of shape [N, Cout, OH, OW], channels_last when x or weight is (as F.conv2d).
     Differentiable twice with respect to x, weight and bias. Under autocast, float16/32
@@ -395,7 +400,7 @@ def conv2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
 def conv_transpose2d_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
                          output_padding=0, groups: int = 1, dilation=1, act: str = "linear",
                          alpha: Optional[float] = None, gain: Optional[float] = None,
-                         clamp: Optional[float] = None, *, bn_partials: bool = False) -> Tensor:
+                         clamp: Optional[float] = None, *, bn_partials=False) -> Tensor:
     """``bias_act(F.conv_transpose2d(x, weight, ...), bias, dim=1, act, alpha, gain, clamp)``, fused.
 
     weight is [Cin, Cout / groups, kH, kW] (torch's transposed layout); the other arguments

@@ -21,10 +21,11 @@ __all__ = ["Conv2dAct", "ConvTranspose2dAct"]
 class _Epilogue(Epilogue):
     """The conv modules' epilogue, their padding_mode check and ``from_torch``.
 
-    ``bn_partials`` (default False; not part of the state_dict): the module feeds a batch norm.
-    In training mode with a linear epilogue, the convolution's epilogue then also computes the
-    batch statistics' per-tile partials of its output, and a fused batch norm of that output
-    (``BatchNormAct2d``, or an accelerated ``nn.BatchNorm2d``) skips its statistics pass."""
+    ``bn_partials`` (default False; not part of the state_dict): the module feeds a batch norm
+    (True) or an instance norm ("instance"). In training mode with a linear epilogue, the
+    convolution's epilogue then also computes the statistics' per-tile partials of its output,
+    and a fused norm of that output (``BatchNormAct2d``, ``InstanceNormAct2d``, or an
+    accelerated torch norm) skips its statistics pass."""
 
     bn_partials = False
 
