@@ -14,7 +14,8 @@ What is fused
      normalise + activation; running statistics, momentum, ``num_batches_tracked`` and eval
      mode exactly as ``nn.BatchNorm2d``); the activation's slot becomes a ``FoldedActivation``.
      Differentiable twice in both modes, so gradient penalties through it are exact.
-   - ``Conv2d`` / ``ConvTranspose2d`` followed by such a fused batch norm or instance norm -> the
+   - ``Conv2d`` / ``ConvTranspose2d`` followed by a ``BatchNorm2d`` or ``InstanceNorm2d`` (fused
+     with its activation as above, or with a linear epilogue when none follows) -> the
      convolution runs fastgan's conv with ``bn_partials``: in training mode its epilogue computes
      the statistics' per-tile partials, and the norm skips its own statistics pass.
 
@@ -488,9 +489,11 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
 
 
 def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
-    """In every Sequential, a convolution right before a fused batch or instance norm (the
-    sequential pass fused it with its activation) computes the norm's statistics partials in its
-    epilogue: fused with a linear epilogue and ``bn_partials`` set (True, or "instance")."""
+    """In every Sequential, a convolution right before a batch or instance norm computes the
+    norm's statistics partials in its epilogue: fused with a linear epilogue and ``bn_partials``
+    set (True, or "instance"). The norm is fused too: the sequential pass fused it with its
+    activation, or, with none after it, it is fused here with a linear epilogue (its statistics
+    pass is what the conv saves)."""
     for seq_name, seq in list(model.named_modules()):
         if not isinstance(seq, nn.Sequential):
             continue
@@ -498,8 +501,16 @@ def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateRep
         for (name, m), (bn_name, bn) in zip(items, items[1:]):
             kind = _kind_of(m)
             if kind is None or kind.base not in (nn.Conv2d, nn.ConvTranspose2d) \
-                    or not isinstance(bn, (nn.BatchNorm2d, nn.InstanceNorm2d)) or not is_fused(bn):
+                    or not isinstance(bn, (nn.BatchNorm2d, nn.InstanceNorm2d)):
                 continue
+            if not is_fused(bn):  # no activation follows the norm: fused with a linear epilogue
+                bn_kind = _kind_of(bn)
+                if _fusable_reason(bn, bn_kind, refs) is not None:
+                    continue
+                bn_label = _label(bn)
+                _swap_to_fused(bn, _Fusion("linear"))
+                report.replaced.append(Replacement(_join(seq_name, bn_name), bn_label, "linear", None, 1.0,
+                                                   "sequential", "nothing (no activation follows it)"))
             pattern = f"{_label(m)}+{type(bn)._fastgan_base.__name__}"
             reason = _fusable_reason(m, kind, refs)
             if reason is not None:

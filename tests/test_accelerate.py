@@ -508,3 +508,40 @@ def test_conv_before_a_fused_batch_norm_computes_its_statistics(device):
         assert counts["triton._bn_stats_kernel"] == 0 and counts["triton._bn_finalize_kernel"] == 1, dict(counts)
     fastgan.restore(acc)
     assert type(acc[2]) is nn.Conv2d and "bn_partials" not in acc[2].__dict__
+
+
+def test_conv_before_instance_norm_and_a_norm_without_activation(device):
+    """A residual-block Sequential (CycleGAN's, SRGAN's): Conv -> InstanceNorm2d -> ReLU -> Conv ->
+    InstanceNorm2d, and Conv -> BatchNorm2d with no activation after the norm: every conv and
+    norm is fused (the norms without an activation with a linear epilogue), the convs compute
+    their norm's statistics (no statistics pass, counted), and outputs, gradients and running
+    statistics equal the torch model's in train and eval mode (float64)."""
+    from collections import Counter
+    from fastgan.benchmarks.launches import count_launches
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.InstanceNorm2d(4, affine=True), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, 1, 1), nn.InstanceNorm2d(4),
+                          nn.Conv2d(4, 5, 3, 1, 1, bias=False), nn.BatchNorm2d(5)).to(device).double()
+    x = torch.randn(2, 3, 16, 16, device=device, dtype=torch.float64)
+    acc, report = fastgan.accelerate(model, inplace=False, report=True)
+    assert report.coverage == (6, 6) and report.left == []
+    assert (acc[0].bn_partials, acc[3].bn_partials, acc[5].bn_partials) == ("instance", "instance", True)
+    assert {r.name: r.act for r in report.replaced if r.name in ("4", "6")} == {"4": "linear", "6": "linear"}
+    counts = Counter()
+    with count_launches(counts):
+        acc(x)
+    model(x)  # the same running-statistics update
+    if fastgan.backend_for(x) != "eager":
+        assert counts["triton._bn_stats_kernel"] == 0 and counts["triton._bn_finalize_kernel"] == 3, dict(counts)
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        acc.train(mode == "train")
+        y_ref, g_ref = _step(model, x, 2)
+        y, g = _step(acc, x, 2)
+        assert_close(y, y_ref, torch.float64, f"{mode} output")
+        for k in g:
+            if k in ("0.bias", "3.bias"):  # the instance norm removes it (no running stats): 0 up to rounding
+                assert g[k].abs().max() < 1e-10 * g["0.weight"].abs().max()
+                assert g_ref[k].abs().max() < 1e-10 * g_ref["0.weight"].abs().max()
+            else:
+                assert_close(g[k], g_ref[k], torch.float64, f"{mode} grad {k}")
+        _assert_same_state(acc, model, mode)

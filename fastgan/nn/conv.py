@@ -74,7 +74,7 @@ class Conv2dAct(_Epilogue, nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         w, b = params_for(self, input)
         return conv2d_act(input, w, b, self.stride, self.padding, self.dilation, self.groups, **epilogue(self),
-                          bn_partials=self.bn_partials and self.training)
+                          bn_partials=self.bn_partials if self.training else False)
 
 
 class ConvTranspose2dAct(_Epilogue, nn.ConvTranspose2d):
@@ -98,4 +98,5 @@ class ConvTranspose2dAct(_Epilogue, nn.ConvTranspose2d):
                                               self.dilation)
         w, b = params_for(self, input)
         return conv_transpose2d_act(input, w, b, self.stride, self.padding, output_padding, self.groups,
-                                    self.dilation, **epilogue(self), bn_partials=self.bn_partials and self.training)
+                                    self.dilation, **epilogue(self),
+                                    bn_partials=self.bn_partials if self.training else False)
