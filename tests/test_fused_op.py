@@ -58,18 +58,27 @@ def test_opcheck_conv_ops(store_z, device):
                    torch.randn(6, 2, 3, 3, device=device, dtype=torch.float64),
                    torch.randn(6, device=device, dtype=torch.float64))
     _opcheck(ops.conv_act.default, (x, w, b, False, [2, 1], [1, 1], [1, 1], 2, [0, 0], act, alpha, gain, None,
-                                    store_z))
+                                    store_z, 0, False))
     wt, bt = _req(torch.randn(4, 3, 3, 3, device=device, dtype=torch.float64),
                   torch.randn(3, device=device, dtype=torch.float64))
     _opcheck(ops.conv_act.default, (x, wt, bt, True, [2, 2], [1, 1], [1, 1], 1, [1, 0], act, alpha, gain, None,
-                                    store_z))
+                                    store_z, 0, False))
     if store_z:
         xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
         _opcheck(ops.conv_act.default, (xc, w, None, False, [1, 1], [0, 0], [1, 1], 2, [0, 0], "tanh", 0.0, 1.0,
-                                        0.5, True))
+                                        0.5, True, 0, False))
         y = torch.nn.functional.conv2d(x.detach(), w.detach(), None, (2, 1), 1, 1, 2)
         _opcheck(ops.conv_weight_grad.default, (x, torch.randn_like(y).requires_grad_(), w.detach(), False,
                                                 [2, 1], [1, 1], [1, 1], 2, [0, 0]))
+    else:  # the batch- and instance-norm partials outputs (a linear epilogue)
+        from fastgan import backend
+        x2, w2 = _req(torch.randn(2, 4, 8, 8, device=device, dtype=torch.float64),
+                      torch.randn(3, 4, 3, 3, device=device, dtype=torch.float64))
+        for instance in (False, True):
+            rows = backend.kernels().bn_partial_rows(x2, w2, ConvGeom.of(False, 1, 1), instance)
+            assert rows > 0
+            _opcheck(ops.conv_act.default, (x2, w2, None, False, [1, 1], [1, 1], [1, 1], 1, [0, 0], "linear", 0.0,
+                                            1.0, None, False, rows, instance))
 
 
 def test_opcheck_batch_norm_losses_penalty(device):
@@ -162,7 +171,7 @@ def test_conv_op_matches_reference_to_second_order(transposed, device):
 
 
 def _conv_op(x, w, b, geom, spec):
-    return ops.conv_act(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, True)[0]
+    return ops.conv_act(x, w, b, *geom.op_args(), spec.act, spec.alpha, spec.gain, spec.clamp, True, 0, False)[0]
 
 
 def test_gradgradcheck_conv_ops_registered_autograd(device):
@@ -197,7 +206,8 @@ def test_third_order_and_first_order_only_ops_raise(device):
 def test_store_z_false_with_nonlinear_act_raises_clearly(device):
     x = torch.randn(1, 2, 3, 3, device=device, requires_grad=True)
     w = torch.randn(2, 2, 1, 1, device=device)
-    y, z = ops.conv_act(x, w, None, False, [1, 1], [0, 0], [1, 1], 1, [0, 0], "tanh", 0.0, 1.0, None, False)
+    y, z, *_ = ops.conv_act(x, w, None, False, [1, 1], [0, 0], [1, 1], 1, [0, 0], "tanh", 0.0, 1.0, None, False, 0,
+                            False)
     assert z.numel() == 0
     with pytest.raises(RuntimeError, match="store_z"):
         y.sum().backward()
