@@ -488,7 +488,7 @@ def _sequential_pass(model: nn.Module, refs: Counter, report: AccelerateReport, 
             i += 2
 
 
-def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateReport) -> None:
+def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateReport, batch_norm: bool) -> None:
     """In every Sequential, a convolution right before a batch or instance norm computes the
     norm's statistics partials in its epilogue: fused with a linear epilogue and ``bn_partials``
     set (True, or "instance"). The norm is fused too: the sequential pass fused it with its
@@ -501,7 +501,8 @@ def _conv_batch_norm_pass(model: nn.Module, refs: Counter, report: AccelerateRep
         for (name, m), (bn_name, bn) in zip(items, items[1:]):
             kind = _kind_of(m)
             if kind is None or kind.base not in (nn.Conv2d, nn.ConvTranspose2d) \
-                    or not isinstance(bn, (nn.BatchNorm2d, nn.InstanceNorm2d)):
+                    or not isinstance(bn, (nn.BatchNorm2d, nn.InstanceNorm2d)) \
+                    or (not batch_norm and isinstance(bn, nn.BatchNorm2d)):
                 continue
             if not is_fused(bn):  # no activation follows the norm: fused with a linear epilogue
                 bn_kind = _kind_of(bn)
@@ -840,7 +841,7 @@ def accelerate(model: nn.Module, inplace: bool = True, dtype: torch.dtype | None
     rep = AccelerateReport(copied=copied)
     refs = _reference_counts(model)
     _sequential_pass(model, refs, rep, batch_norm)
-    _conv_batch_norm_pass(model, refs, rep)
+    _conv_batch_norm_pass(model, refs, rep, batch_norm)
     if fx:
         _fx_pass(model, refs, rep, batch_norm)
     _report_unfused(model, rep)
