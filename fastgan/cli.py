@@ -250,10 +250,10 @@ def cmd_train(args) -> int:
             print(f"resources: {summary['resources']} ({summary['resources_file']})")
         if summary.get("eval"):
             print(f"last evaluation (step {summary['eval']['step']}): " + _eval_line(summary["eval"]))
-        if not args.no_plot:
-            _plot_at_end(c.out)
-        if status == "interrupted":
+        if status == "interrupted":  # no plot: an interrupted run exits at once (`fastgan plot` draws it later)
             print(f"interrupted by {summary['signal']}: resume with --resume {summary['checkpoint']}")
+        elif not args.no_plot:
+            _plot_at_end(c.out)
     distributed.shutdown(trainer.dist)
     if status == "diverged":
         kept = summary["checkpoint_step"]
