@@ -529,7 +529,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     add("--eval-n", type=int, help=f"with --eval-every: generated (and real) images per evaluation (default: "
                                    f"{d['eval_n']})")
     train.add_argument("--no-plot", action="store_true",
-                       help="do not write OUT/curves.png at the end (written when matplotlib is installed)")
+                       help="do not write OUT/curves.png at the end (written when matplotlib is installed; not "
+                            "after an interruption: `fastgan plot OUT` draws it then)")
 
 
 def build_parser() -> argparse.ArgumentParser:
