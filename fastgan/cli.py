@@ -202,6 +202,8 @@ def cmd_train(args) -> int:
         c = trainer.cfg
         if trainer.dist.is_main:
             note = getattr(trainer.dataset, "note", None)
+            cond = (f", conditional on {trainer.n_classes} classes ({', '.join(trainer.classes[:8])}"
+                    f"{', ...' if trainer.n_classes > 8 else ''})" if trainer.n_classes else "")
             model = (f"StyleGAN2 (channel_base {c.channel_base}, channel_max {c.channel_max}, z/w {c.z_dim}, "
                      f"path length {c.pl_weight} every {c.pl_interval}, style mixing {c.style_mixing}, EMA half-life "
                      f"{c.ema_kimg} kimg" if c.model == "stylegan2" else
@@ -211,7 +213,7 @@ def cmd_train(args) -> int:
                   f"{f' (gamma {c.effective_gamma})' if c.penalty != 'none' else ''}, batch {c.batch_size}, "
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
                   f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}{f'; {note}' if note else ''}), "
-                  f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
+                  f"steps {trainer.step} -> {c.steps}{cond}, out {c.out}", flush=True)
         summary = trainer.train()
     except _run_errors() as exc:
         raise CliError(str(exc)) from None
@@ -397,6 +399,10 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                                             f"the long side, seeded (default: {d['crop']})")
     add("--xflip", action="store_true", help="flip each drawn image horizontally with probability 1/2, seeded "
                                              "(the dataset's size is unchanged)")
+    add("--conditional", action="store_true",
+        help="class-conditional G and D (dcgan: label embedding + projection D; stylegan2: c_dim) on the data's "
+             "labels: the embedded shapes' classes, a --data folder with one subfolder per class, or an .npz with "
+             "'labels' (and 'classes')")
     add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
                                   f"{cpu['steps']} on the CPU)")
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")

@@ -131,3 +131,94 @@ def test_fused_and_plain_conditional_dcgan_agree():
     for (name, a), b in zip(Gp.named_parameters(), Gf.parameters()):
         assert torch.allclose(b.grad, a.grad, atol=1e-5, rtol=1e-4), name
     assert torch.allclose(Df.embed.weight.grad, Dp.embed.weight.grad, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- conditional training
+
+def _cfg(tmp_path, name="run", **kw):
+    from fastgan.train import TrainConfig
+
+    base = dict(conditional=True, z_dim=8, g_width=4, d_width=4, n_embedded=64, batch_size=16, fused=False,
+                device="cpu", steps=2, out=str(tmp_path / name), progress=False, sample_every=100, ckpt_every=100)
+    return TrainConfig(**dict(base, **kw))
+
+
+def _quiet(*args):
+    pass
+
+
+def test_conditional_dcgan_resumes_exactly_and_records_its_classes(tmp_path):
+    from fastgan.train import Trainer, load_checkpoint
+
+    full = Trainer(_cfg(tmp_path, "full", steps=4), log=_quiet)
+    full.train()
+    half = Trainer(_cfg(tmp_path, "half", steps=2), log=_quiet)
+    half.train()
+    path = str(tmp_path / "half" / "checkpoint.pt")
+    state = load_checkpoint(path)
+    assert state["classes"] == list(SHAPE_CLASSES) and state["n_classes"] == 3
+    resumed = Trainer(_cfg(tmp_path, "half", steps=4), resume=path, log=_quiet)
+    resumed.train()
+    for a, b in ((full.G, resumed.G), (full.D, resumed.D), (full.G_ema, resumed.G_ema)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    images = full.sample(str(tmp_path / "grid.png"))  # one row of 8 per class, the same latents in each row
+    assert images.shape == (24, 3, 32, 32)
+    assert Image.open(tmp_path / "grid.png").size == (8 * 34 + 2, 3 * 34 + 2)
+    assert not torch.equal(images[0], images[8])
+
+
+def test_conditional_penalty_and_losses_take_the_real_labels(tmp_path):
+    """R1 on a conditional D is gamma / 2 * mean ||dD(x, y_real)/dx||^2: the gradient with respect to
+    the image, at the real batch's own labels."""
+    from fastgan.train import Trainer
+
+    t = Trainer(_cfg(tmp_path, reg_interval=1, gamma=2.0), log=_quiet)
+    x = torch.stack([t.dataset[i][0] for i in range(16)])
+    y = torch.stack([t.dataset[i][1] for i in range(16)])
+
+    def r1(labels):
+        xr = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(t.D(xr, labels).sum(), xr)
+        return float(g.square().flatten(1).sum(1).mean())  # gamma / 2 = 1
+
+    expected, wrong = r1(y), r1((y + 1) % 3)
+    assert abs(expected - wrong) > 1e-3 * expected
+    stats = t.d_step(x, y)
+    assert float(stats["penalty"]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="needs each real batch's labels"):
+        t.d_step(x)
+
+
+def test_conditional_resume_checks_the_classes_and_bad_data_is_one_line(tmp_path, capsys):
+    from fastgan.cli import main
+    from fastgan.train import CheckpointError, Trainer
+
+    for name in ("cat", "dog"):
+        for i in range(8):
+            _png(tmp_path / "f" / name / f"{i}.png", (40 * i, 100 if name == "cat" else 200, 0))
+    t = Trainer(_cfg(tmp_path, data=str(tmp_path / "f"), batch_size=8, steps=1), log=_quiet)
+    assert t.classes == ("cat", "dog")
+    t.train()
+    (tmp_path / "f" / "dog").rename(tmp_path / "f" / "emu")
+    with pytest.raises(CheckpointError, match=r"trained on the classes \['cat', 'dog'\], but the data has "
+                                              r"\['cat', 'emu'\]"):
+        Trainer(_cfg(tmp_path, data=str(tmp_path / "f"), batch_size=8, steps=2),
+                resume=str(tmp_path / "run" / "checkpoint.pt"), log=_quiet)
+    np.savez(tmp_path / "u.npz", images=np.zeros((8, 32, 32, 3), np.uint8))
+    rc = main(["train", "--conditional", "--data", str(tmp_path / "u.npz"), "--steps", "1", "--out",
+               str(tmp_path / "u"), "--device", "cpu", "--plain-torch", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "u.npz: conditional training needs labelled data" in err and "Traceback" not in err
+
+
+def test_conditional_stylegan2_trains_with_one_hot_c(tmp_path):
+    from fastgan.train import Trainer
+
+    t = Trainer(_cfg(tmp_path, model="stylegan2", resolution=16, channel_base=32, channel_max=8, mapping_layers=1,
+                     batch_size=4, steps=1, reg_interval=1, pl_interval=1), log=_quiet)
+    assert t.G.c_dim == 3 and t.D.c_dim == 3
+    assert t.train()["status"] == "completed"
+    c = t._cond(torch.tensor([2, 0]))
+    assert c.tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert t.sample(str(tmp_path / "g.png")).shape == (24, 3, 16, 16)
