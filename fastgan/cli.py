@@ -260,19 +260,25 @@ def cmd_sample(args) -> int:
     try:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
+        k = len(state.get("classes") or []) if cfg.conditional else 0  # conditional: one column per class
         if cfg.model == "stylegan2":
-            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
+            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, k, cfg.channel_base, cfg.channel_max,
                                 cfg.mapping_layers, fused=cfg.fused)[0]
         else:
-            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
+            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused, n_classes=k)
         G.load_state_dict(state["G" if args.no_ema else "G_ema"])
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     G.eval()
     z = torch.randn(args.n, cfg.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    labels = torch.arange(args.n) % k if k else None
     with torch.no_grad():
-        images = G(z, truncation_psi=args.truncation_psi, noise_mode="const") if cfg.model == "stylegan2" else G(z)
-    save_image_grid(images, args.out)
+        if cfg.model == "stylegan2":
+            c = None if labels is None else torch.nn.functional.one_hot(labels, k).float()
+            images = G(z, c, truncation_psi=args.truncation_psi, noise_mode="const")
+        else:
+            images = G(z) if labels is None else G(z, labels)
+    save_image_grid(images, args.out, nrow=k or None)
     print(f"wrote {args.n} samples from step {state['step']} to {args.out}")
     return 0
 
@@ -319,14 +325,21 @@ def cmd_generate(args) -> int:
     from fastgan.atomic import write_error
 
     try:
+        if args.n is None and args.per_class is None:
+            raise CliError("give --n N (or, for a conditional checkpoint, --per-class N)")
         manifest = generate(args.checkpoint, args.n, args.out, fmt=args.format, seed=args.seed,
                             batch_size=args.batch_size, resume=args.resume, ema=not args.no_ema, device=args.device,
-                            progress=not args.no_progress, log=print, truncation=args.truncation)
+                            progress=not args.no_progress, log=print, truncation=args.truncation,
+                            klass=args.klass, per_class=args.per_class)
     except _app_errors() as exc:
         raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
     except OSError as exc:
         raise CliError(write_error(exc)) from None
-    print(f"wrote {manifest['count']} images ({manifest['image_format']}) from step {manifest['step']} to "
+    sel = manifest.get("selection") or {}
+    what = (f" of class {sel['class']}" if "class" in sel else
+            f", {sel['per_class']} of each of {len(manifest['classes'])} classes" if "per_class" in sel else
+            f", classes in turn ({len(manifest['classes'])})" if sel else "")
+    print(f"wrote {manifest['count']} images{what} ({manifest['image_format']}) from step {manifest['step']} to "
           f"{args.out}; manifest {manifest['manifest']}")
     return 0
 
@@ -473,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint",
+    sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint (conditional: a column per "
+                                           "class)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_checkpoint(sample)
     sample.add_argument("--n", type=int, default=64, help="number of samples")
@@ -508,9 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write N images from a checkpoint's generator into OUT: one subfolder per "
                                      "class (unconditional models: unconditional/), or one images.npz, and a "
                                      "manifest.json (checkpoint SHA-256, seed, count, class of each file) marked "
-                                     "complete only at the end. --resume continues an interrupted run exactly.")
+                                     "complete only at the end. --resume continues an interrupted run exactly. "
+                                     "A conditional checkpoint: --class K (all N of class K) or --per-class M "
+                                     "(M of every class); neither: the classes in turn.")
     _add_checkpoint(gen)
-    gen.add_argument("--n", type=int, required=True, help="number of images")
+    gen.add_argument("--n", type=int, default=None, help="number of images (not with --per-class)")
+    which = gen.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="klass", default=None, metavar="K",
+                       help="conditional checkpoints: every image of class K (its index or its name)")
+    which.add_argument("--per-class", type=int, default=None, metavar="M",
+                       help="conditional checkpoints: M images of every class (M x classes in all)")
     gen.add_argument("--out", required=True, help="output folder (new or empty, or an interrupted one with --resume)")
     gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (image i's latent depends on seed and i only)")

@@ -222,3 +222,110 @@ def test_conditional_stylegan2_trains_with_one_hot_c(tmp_path):
     c = t._cond(torch.tensor([2, 0]))
     assert c.tolist() == [[0, 0, 1], [1, 0, 0]]
     assert t.sample(str(tmp_path / "g.png")).shape == (24, 3, 16, 16)
+
+
+# ----------------------------------------------------------------------------- per-class export
+
+@pytest.fixture(scope="module")
+def cond_checkpoint(tmp_path_factory):
+    """A tiny untrained conditional DCGAN checkpoint (plain torch modules) and an unconditional one."""
+    from fastgan.models import Generator
+    from fastgan.train import TrainConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, k in (("cond", 3), ("uncond", 0)):
+        cfg = TrainConfig(conditional=bool(k), z_dim=8, g_width=4, d_width=4, fused=False, device="cpu", steps=1)
+        G = Generator(8, 32, 4, fused=False, n_classes=k)
+        with torch.no_grad():  # weights large enough that the images differ by latent and class
+            for p in G.parameters():
+                p.normal_(0, 0.5)
+        extra = {"classes": list(SHAPE_CLASSES), "n_classes": 3} if k else {}
+        paths[name] = str(root / f"{name}.pt")
+        save_checkpoint({"config": cfg.to_dict(), "step": 1, "G": G.state_dict(), "D": {}, "G_ema": G.state_dict(),
+                         "opt_g": {}, "opt_d": {}, "rng": {}, **extra}, paths[name])
+    return paths
+
+
+def _files(root):
+    import os
+
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                  if not f.startswith("."))
+
+
+def test_generate_per_class_writes_n_files_per_class_and_the_manifest(cond_checkpoint, tmp_path, capsys):
+    import json
+
+    from fastgan.apps.model import latents, load_generator
+    from fastgan.cli import main
+
+    out = tmp_path / "set"
+    rc = main(["generate", "--checkpoint", cond_checkpoint["cond"], "--per-class", "2", "--out", str(out),
+               "--batch-size", "4", "--no-progress", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert "wrote 6 images, 2 of each of 3 classes" in capsys.readouterr().out
+    names = [f"{c}/{i:06d}.png" for i, c in enumerate(np.repeat(SHAPE_CLASSES, 2))]
+    assert _files(out) == sorted(names + ["manifest.json"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["complete"] and m["count"] == 6 and m["classes"] == list(SHAPE_CLASSES)
+    assert m["selection"] == {"per_class": 2}
+    assert [(f["file"], f["class"]) for f in m["files"]] == [(n, n.split("/")[0]) for n in names]
+    G = load_generator(cond_checkpoint["cond"], device="cpu")[0]
+    with torch.no_grad():  # image i is G(z_i, its class)
+        expected = G(latents(0, 4, 5, 8).repeat(3, 1), torch.tensor([2, 1, 0]))
+    got = torch.from_numpy(np.array(Image.open(out / "triangle" / "000004.png"))).permute(2, 0, 1).float()
+    err = [float((got - (e.clamp(-1, 1) + 1) * 127.5).abs().max()) for e in expected]
+    assert err[0] <= 0.51 and min(err[1:]) > 10, err
+
+
+def test_generate_one_class_by_name_or_index_and_npz(cond_checkpoint, tmp_path):
+    from fastgan.apps.generate import generate
+
+    m = generate(cond_checkpoint["cond"], 3, str(tmp_path / "a"), klass="square", device="cpu")
+    assert _files(tmp_path / "a") == ["manifest.json"] + [f"square/{i:06d}.png" for i in range(3)]
+    assert m["selection"] == {"class": "square"}
+    generate(cond_checkpoint["cond"], 3, str(tmp_path / "b"), klass="1", device="cpu")
+    for i in range(3):
+        f = f"square/{i:06d}.png"
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    m = generate(cond_checkpoint["cond"], None, str(tmp_path / "n"), fmt="npz", per_class=2, batch_size=4,
+                 device="cpu")
+    assert m["files"][0]["class_counts"] == {c: 2 for c in SHAPE_CLASSES}
+    with np.load(tmp_path / "n" / "images.npz") as f:
+        assert f["labels"].tolist() == [0, 0, 1, 1, 2, 2] and f["classes"].tolist() == list(SHAPE_CLASSES)
+    labels, classes = conditional_labels(load_dataset(str(tmp_path / "n" / "images.npz"), 32), "export")
+    assert classes == SHAPE_CLASSES and labels.tolist() == [0, 0, 1, 1, 2, 2]  # the export trains as it is
+    m = generate(cond_checkpoint["cond"], 4, str(tmp_path / "r"), device="cpu")  # neither: classes in turn
+    assert [f["class"] for f in m["files"]] == ["disc", "square", "triangle", "disc"]
+
+
+def test_generate_class_requests_fail_clearly(cond_checkpoint, tmp_path, capsys):
+    from fastgan.apps.generate import GenerateError, generate
+    from fastgan.cli import main
+
+    rc = main(["generate", "--checkpoint", cond_checkpoint["uncond"], "--n", "2", "--class", "0", "--out",
+               str(tmp_path / "u"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "need a class-conditional checkpoint" in err and "unconditional" in err
+    with pytest.raises(GenerateError, match="need a class-conditional checkpoint"):
+        generate(cond_checkpoint["uncond"], None, str(tmp_path / "v"), per_class=2, device="cpu")
+    with pytest.raises(GenerateError, match=r"--class 'circle' is none of this model's 3 classes \(0 disc, 1 square"):
+        generate(cond_checkpoint["cond"], 2, str(tmp_path / "w"), klass="circle", device="cpu")
+    with pytest.raises(GenerateError, match="--class 3 is none"):
+        generate(cond_checkpoint["cond"], 2, str(tmp_path / "w"), klass=3, device="cpu")
+    with pytest.raises(GenerateError, match="give --n or --per-class, not both"):
+        generate(cond_checkpoint["cond"], 6, str(tmp_path / "w"), per_class=2, device="cpu")
+
+    def stop(done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(cond_checkpoint["cond"], 4, str(tmp_path / "x"), klass=0, batch_size=2, device="cpu", on_batch=stop)
+    with pytest.raises(GenerateError, match="other settings: selection {'class': 'disc'} .now {'class': 'square'}"):
+        generate(cond_checkpoint["cond"], 4, str(tmp_path / "x"), klass=1, batch_size=2, device="cpu", resume=True)
+    assert generate(cond_checkpoint["cond"], 4, str(tmp_path / "x"), klass=0, batch_size=2, device="cpu",
+                    resume=True)["complete"]
+    rc = main(["generate", "--checkpoint", cond_checkpoint["cond"], "--out", str(tmp_path / "y"), "--device", "cpu"])
+    assert rc == 2 and "give --n N" in capsys.readouterr().err
