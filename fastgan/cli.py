@@ -1,4 +1,4 @@
-"""The ``fastgan`` command: train, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, sample, generate, eval, augment-eval, inpaint, bench, info (argparse, thin)."""
 from __future__ import annotations
 
 import argparse
@@ -285,12 +285,13 @@ def cmd_sample(args) -> int:
 
 def _app_errors():
     """The exceptions of fastgan.apps that are one-line user errors."""
+    from fastgan.apps.augment import AugmentError
     from fastgan.apps.features import FeatureError
     from fastgan.apps.generate import GenerateError
     from fastgan.apps.inpaint import InpaintError
     from fastgan.apps.metrics import MetricError
 
-    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError)
+    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError, AugmentError)
 
 
 def cmd_eval(args) -> int:
@@ -341,6 +342,42 @@ def cmd_generate(args) -> int:
             f", classes in turn ({len(manifest['classes'])})" if sel else "")
     print(f"wrote {manifest['count']} images{what} ({manifest['image_format']}) from step {manifest['step']} to "
           f"{args.out}; manifest {manifest['manifest']}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def cmd_augment_eval(args) -> int:
+    from fastgan.apps.augment import augment_eval, format_table
+    from fastgan.atomic import atomic_write_json, check_writable, write_error
+
+    try:
+        if args.json:
+            check_writable(args.json)
+        doc = augment_eval(args.checkpoint, k=args.k, m=args.m, seeds=args.seeds, steps=args.steps,
+                           batch_size=args.batch_size, n_test=args.n_test, ema=not args.no_ema,
+                           truncation=args.truncation, generated_only=args.generated_only, device=args.device,
+                           progress=not args.no_progress)
+        st = doc["settings"]
+        print(f"fastgan augment-eval: {doc['checkpoint']} (step {doc['step']}, {doc['weights']}); held-out test "
+              f"accuracy of a classifier trained {st['steps']} steps, over {st['seeds']} seeds (mean ± std), "
+              f"{st['n_test']} real test images; {doc['elapsed_s']:.0f} s")
+        print(format_table(doc))
+        if args.json:
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
     return 0
 
 
@@ -559,6 +596,26 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     _add_generator_run(inp, progress=False)
     inp.set_defaults(func=cmd_inpaint)
+
+    aug = sub.add_parser("augment-eval", help="does generated data help a classifier with few labels? (conditional "
+                                              "checkpoints of the embedded shapes)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Train a small classifier on K real labelled shapes per class, and on the same K "
+                                     "plus M generated per class (a conditional checkpoint), over several seeds; "
+                                     "print the held-out real test accuracy of both (mean ± std) as a table.")
+    _add_checkpoint(aug)
+    aug.add_argument("--k", type=_int_list, default=[10], help="real labelled images per class (comma-separated: "
+                                                               "several K)")
+    aug.add_argument("--m", type=int, default=100, help="generated images per class added to the real ones")
+    aug.add_argument("--seeds", type=int, default=5, help="repetitions (real subset, generated set, classifier init)")
+    aug.add_argument("--steps", type=int, default=300, help="classifier training steps (the same for every arm)")
+    aug.add_argument("--batch-size", type=int, default=64, help="classifier minibatch size")
+    aug.add_argument("--n-test", type=int, default=2048, help="held-out real test images")
+    aug.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="as fastgan generate --truncation")
+    aug.add_argument("--generated-only", action="store_true", help="also train on the M generated images alone")
+    aug.add_argument("--json", default=None, metavar="OUT", help="also write the result document here (atomically)")
+    _add_generator_run(aug)
+    aug.set_defaults(func=cmd_augment_eval)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")
