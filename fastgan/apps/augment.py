@@ -8,7 +8,8 @@ For each seed s and each K (real labelled images per class), on the embedded sha
          GEN_SEED + s (``model.generate_batch``), image i of class i // M;
   test   ``n_test`` held-out real images, ``make_shapes(n_test, seed=TEST_SEED)``, the same for every run.
 Arms: (i) "real" trains on the K real images per class; (ii) "real+gen" on the same K real plus
-the M generated per class; optionally (iii) "gen" on the M generated alone. Every arm trains the
+the M generated per class; optionally (iii) "gen" on the M generated alone (one classifier per
+seed, reported in every K's row). Every arm trains the
 same classifier (``features.ShapesFeatureNet``'s architecture, its class head only) from the same
 initialisation (seed s) for the same number of steps with the same minibatch size: Adam, cosine
 decay, cross-entropy, minibatches drawn uniformly from the arm's training set. The reported number
@@ -124,7 +125,7 @@ def augment_eval(checkpoint: str, k: int | list[int] = 10, m: int = 100, seeds: 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=seeds * len(ks) * len(arms), desc="fastgan augment-eval", unit="classifier")
+        bar = tqdm(total=seeds * len(ks) * len(arms), desc="fastgan augment-eval", unit="run")
     runs = []
     try:
         for s in range(seeds):
@@ -137,8 +138,11 @@ def augment_eval(checkpoint: str, k: int | list[int] = 10, m: int = 100, seeds: 
                         "gen": (gen_x, gen_y)}
                 for arm in arms:
                     x, y = sets[arm]
-                    net = train_classifier(x, y, steps, batch_size, seed=s, n_classes=n_classes)
-                    acc = accuracy(net, test_x, test_y)
+                    if arm == "gen" and kk != ks[0]:  # the same set for every K: trained once per seed
+                        acc = next(r["test_accuracy"] for r in runs if r["seed"] == s and r["arm"] == "gen")
+                    else:
+                        net = train_classifier(x, y, steps, batch_size, seed=s, n_classes=n_classes)
+                        acc = accuracy(net, test_x, test_y)
                     runs.append({"seed": s, "k": kk, "m": m, "arm": arm, "train_images": int(x.shape[0]),
                                  "test_accuracy": acc})
                     if log:
