@@ -1,4 +1,5 @@
-"""The ``fastgan`` command: train, plot, sample, generate, eval, inpaint, bench, info (argparse, thin)."""
+"""The ``fastgan`` command: train, plot, sample, generate, eval, augment-eval, inpaint, bench, info (argparse,
+thin)."""
 from __future__ import annotations
 
 import argparse
@@ -218,6 +219,8 @@ def cmd_train(args) -> int:
             evaluator.prepare(trainer)  # the real features now: data too small for the metrics fails here
         if trainer.dist.is_main:
             note = getattr(trainer.dataset, "note", None)
+            cond = (f", conditional on {trainer.n_classes} classes ({', '.join(trainer.classes[:8])}"
+                    f"{', ...' if trainer.n_classes > 8 else ''})" if trainer.n_classes else "")
             model = (f"StyleGAN2 (channel_base {c.channel_base}, channel_max {c.channel_max}, z/w {c.z_dim}, "
                      f"path length {c.pl_weight} every {c.pl_interval}, style mixing {c.style_mixing}, EMA half-life "
                      f"{c.ema_kimg} kimg" if c.model == "stylegan2" else
@@ -230,7 +233,7 @@ def cmd_train(args) -> int:
                   f"batch {c.batch_size}, "
                   f"device {trainer.device}{' bf16' if trainer.amp else ''}, "
                   f"{len(trainer.dataset)} images ({c.data or 'embedded shapes'}{f'; {note}' if note else ''}), "
-                  f"steps {trainer.step} -> {c.steps}, out {c.out}", flush=True)
+                  f"steps {trainer.step} -> {c.steps}{cond}, out {c.out}", flush=True)
             if evaluator is not None:
                 print(f"evaluating G_ema every {c.eval_every} steps: {c.eval_metrics} of {c.eval_n} generated vs "
                       f"{evaluator.real_features.shape[0]} training images, {evaluator.extractor.note}", flush=True)
@@ -323,31 +326,38 @@ def cmd_sample(args) -> int:
     try:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
+        k = len(state.get("classes") or []) if cfg.conditional else 0  # conditional: one column per class
         if cfg.model == "stylegan2":
-            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
+            G = build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, k, cfg.channel_base, cfg.channel_max,
                                 cfg.mapping_layers, fused=cfg.fused)[0]
         else:
-            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused)
+            G = Generator(cfg.z_dim, cfg.resolution, cfg.g_width, fused=cfg.fused, n_classes=k)
         G.load_state_dict(state["G" if args.no_ema else "G_ema"])
     except (CheckpointError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     G.eval()
     z = torch.randn(args.n, cfg.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    labels = torch.arange(args.n) % k if k else None
     with torch.no_grad():
-        images = G(z, truncation_psi=args.truncation_psi, noise_mode="const") if cfg.model == "stylegan2" else G(z)
-    save_image_grid(images, args.out)
+        if cfg.model == "stylegan2":
+            c = None if labels is None else torch.nn.functional.one_hot(labels, k).float()
+            images = G(z, c, truncation_psi=args.truncation_psi, noise_mode="const")
+        else:
+            images = G(z) if labels is None else G(z, labels)
+    save_image_grid(images, args.out, nrow=k or None)
     print(f"wrote {args.n} samples from step {state['step']} to {args.out}")
     return 0
 
 
 def _app_errors():
     """The exceptions of fastgan.apps that are one-line user errors."""
+    from fastgan.apps.augment import AugmentError
     from fastgan.apps.features import FeatureError
     from fastgan.apps.generate import GenerateError
     from fastgan.apps.inpaint import InpaintError
     from fastgan.apps.metrics import MetricError
 
-    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError)
+    return _run_errors() + (MetricError, FeatureError, GenerateError, InpaintError, AugmentError)
 
 
 def cmd_eval(args) -> int:
@@ -382,15 +392,58 @@ def cmd_generate(args) -> int:
     from fastgan.atomic import write_error
 
     try:
+        if args.n is None and args.per_class is None:
+            raise CliError("give --n N (or, for a conditional checkpoint, --per-class N)")
         manifest = generate(args.checkpoint, args.n, args.out, fmt=args.format, seed=args.seed,
                             batch_size=args.batch_size, resume=args.resume, ema=not args.no_ema, device=args.device,
-                            progress=not args.no_progress, log=print, truncation=args.truncation)
+                            progress=not args.no_progress, log=print, truncation=args.truncation,
+                            klass=args.klass, per_class=args.per_class)
     except _app_errors() as exc:
         raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
     except OSError as exc:
         raise CliError(write_error(exc)) from None
-    print(f"wrote {manifest['count']} images ({manifest['image_format']}) from step {manifest['step']} to "
+    sel = manifest.get("selection") or {}
+    what = (f" of class {sel['class']}" if "class" in sel else
+            f", {sel['per_class']} of each of {len(manifest['classes'])} classes" if "per_class" in sel else
+            f", classes in turn ({len(manifest['classes'])})" if sel else "")
+    print(f"wrote {manifest['count']} images{what} ({manifest['image_format']}) from step {manifest['step']} to "
           f"{args.out}; manifest {manifest['manifest']}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def cmd_augment_eval(args) -> int:
+    from fastgan.apps.augment import augment_eval, format_table
+    from fastgan.atomic import atomic_write_json, check_writable, write_error
+
+    try:
+        if args.json:
+            check_writable(args.json)
+        doc = augment_eval(args.checkpoint, k=args.k, m=args.m, seeds=args.seeds, steps=args.steps,
+                           batch_size=args.batch_size, n_test=args.n_test, ema=not args.no_ema,
+                           truncation=args.truncation, generated_only=args.generated_only, device=args.device,
+                           progress=not args.no_progress)
+        st = doc["settings"]
+        print(f"fastgan augment-eval: {doc['checkpoint']} (step {doc['step']}, {doc['weights']}); held-out test "
+              f"accuracy of a classifier trained {st['steps']} steps, over {st['seeds']} seeds (mean ± std), "
+              f"{st['n_test']} real test images; {doc['elapsed_s']:.0f} s")
+        print(format_table(doc))
+        if args.json:
+            atomic_write_json(args.json, doc)
+            print(f"wrote {args.json}")
+    except _app_errors() as exc:
+        raise CliError((str(exc).splitlines() or [type(exc).__name__])[0]) from None
+    except OSError as exc:
+        raise CliError(write_error(exc)) from None
     return 0
 
 
@@ -462,6 +515,10 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
                                             f"the long side, seeded (default: {d['crop']})")
     add("--xflip", action="store_true", help="flip each drawn image horizontally with probability 1/2, seeded "
                                              "(the dataset's size is unchanged)")
+    add("--conditional", action="store_true",
+        help="class-conditional G and D (dcgan: label embedding + projection D; stylegan2: c_dim) on the data's "
+             "labels: the embedded shapes' classes, a --data folder with one subfolder per class, or an .npz with "
+             "'labels' (and 'classes')")
     add("--steps", type=int, help=f"total G steps; resume continues up to this (default: {cuda['steps']} on CUDA, "
                                   f"{cpu['steps']} on the CPU)")
     add("--batch-size", type=int, help=f"global batch size, split across processes (default: {d['batch_size']})")
@@ -548,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint",
+    sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint (conditional: a column per "
+                                           "class)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_checkpoint(sample)
     sample.add_argument("--n", type=int, default=64, help="number of samples")
@@ -583,9 +641,16 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write N images from a checkpoint's generator into OUT: one subfolder per "
                                      "class (unconditional models: unconditional/), or one images.npz, and a "
                                      "manifest.json (checkpoint SHA-256, seed, count, class of each file) marked "
-                                     "complete only at the end. --resume continues an interrupted run exactly.")
+                                     "complete only at the end. --resume continues an interrupted run exactly. "
+                                     "A conditional checkpoint: --class K (all N of class K) or --per-class M "
+                                     "(M of every class); neither: the classes in turn.")
     _add_checkpoint(gen)
-    gen.add_argument("--n", type=int, required=True, help="number of images")
+    gen.add_argument("--n", type=int, default=None, help="number of images (not with --per-class)")
+    which = gen.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="klass", default=None, metavar="K",
+                       help="conditional checkpoints: every image of class K (its index or its name)")
+    which.add_argument("--per-class", type=int, default=None, metavar="M",
+                       help="conditional checkpoints: M images of every class (M x classes in all)")
     gen.add_argument("--out", required=True, help="output folder (new or empty, or an interrupted one with --resume)")
     gen.add_argument("--format", choices=["png", "npz"], default="png", help="PNG files, or one images.npz")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (image i's latent depends on seed and i only)")
@@ -621,6 +686,26 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run", metavar="RUN", help="a fastgan train output folder (holding log.jsonl)")
     plot.add_argument("--out", default=None, help="the PNG to write (default: RUN/curves.png), atomically")
     plot.set_defaults(func=cmd_plot)
+
+    aug = sub.add_parser("augment-eval", help="does generated data help a classifier with few labels? (conditional "
+                                              "checkpoints of the embedded shapes)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Train a small classifier on K real labelled shapes per class, and on the same K "
+                                     "plus M generated per class (a conditional checkpoint), over several seeds; "
+                                     "print the held-out real test accuracy of both (mean ± std) as a table.")
+    _add_checkpoint(aug)
+    aug.add_argument("--k", type=_int_list, default=[10], help="real labelled images per class (comma-separated: "
+                                                               "several K)")
+    aug.add_argument("--m", type=int, default=100, help="generated images per class added to the real ones")
+    aug.add_argument("--seeds", type=int, default=5, help="repetitions (real subset, generated set, classifier init)")
+    aug.add_argument("--steps", type=int, default=300, help="classifier training steps (the same for every arm)")
+    aug.add_argument("--batch-size", type=int, default=64, help="classifier minibatch size")
+    aug.add_argument("--n-test", type=int, default=2048, help="held-out real test images")
+    aug.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="as fastgan generate --truncation")
+    aug.add_argument("--generated-only", action="store_true", help="also train on the M generated images alone")
+    aug.add_argument("--json", default=None, metavar="OUT", help="also write the result document here (atomically)")
+    _add_generator_run(aug)
+    aug.set_defaults(func=cmd_augment_eval)
 
     info = sub.add_parser("info", help="versions, devices, NVML and the backend that would run")
     info.add_argument("--no-probe", action="store_true", help="skip the Triton-interpreter check (a subprocess)")

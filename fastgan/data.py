@@ -13,6 +13,15 @@ with probability 1/2 (the dataset's length is unchanged: it does not double it).
 offset and flip of a draw come from ``(seed, draw number)`` alone (``StepBatchSampler`` passes
 the draw number with each index), so they are the same in every run with that seed, under any
 number of DataLoader workers or processes, and after a resume.
+
+Labels (class-conditional training, ``conditional_labels``): a dataset may carry ``labels``
+(int64 [N], indices into ``classes``) and ``classes`` (the class names): the embedded shapes
+(``SHAPE_CLASSES``), a folder whose images all lie in subfolders (one per class, the sorted
+subfolder names, as torchvision's ImageFolder), an .npz with a ``labels`` array (and optionally
+``classes``; without it the classes are "0" .. "K-1", K = max label + 1), or a user Dataset
+with ``labels`` or ``targets`` and ``classes`` attributes (torchvision's convention). Labels that
+are present but unusable (out of range, not integers) are kept as ``label_problem`` and are an
+error only when labels are asked for: unconditional training ignores them.
 """
 from __future__ import annotations
 
@@ -137,19 +146,72 @@ def load_npz(path: str) -> torch.Tensor:
     return _load_npz(path)[0]
 
 
-def _load_npz(path: str) -> tuple[torch.Tensor, str]:
+LABEL_ARRAYS = ("labels", "classes")  # an .npz's optional label arrays (never taken for the images)
+
+
+def _load_npz(path: str) -> tuple[torch.Tensor, str, dict]:
+    """(images, the range note, the label attributes: ``_npz_labels``)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
-            key = next((k for k in ("images", "x", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
+            image_keys = [k for k in keys if k not in LABEL_ARRAYS]
+            key = next((k for k in ("images", "x", "arr_0") if k in keys),
+                       image_keys[0] if len(image_keys) == 1 else None)
             if key is None:
-                raise DataError(f"{path}: several arrays {keys}; name the images array 'images'")
+                raise DataError(f"{path}: several arrays {keys}; name the images array 'images'" if image_keys else
+                                f"{path}: no images array (only {keys})")
             arr = f[key]
+            labels = f["labels"] if "labels" in keys else None
+            classes = f["classes"] if "classes" in keys else None
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
-    return _to_unit_range(arr, path)
+    images, note = _to_unit_range(arr, path)
+    return images, note, _npz_labels(labels, classes, len(images), path)
+
+
+def _check_class_names(names, source: str) -> tuple[str, ...]:
+    """Class names: distinct, non-empty strings usable as one folder name each (``fastgan generate``
+    writes one subfolder per class)."""
+    names = tuple(str(c) for c in names)
+    bad = next((c for c in names if not c or c in (".", "..") or "/" in c or "\\" in c or "\0" in c), None)
+    if bad is not None:
+        raise DataError(f"{source}: class name {bad!r} cannot be a folder name")
+    if len(set(names)) != len(names):
+        dup = next(c for c in names if names.count(c) > 1)
+        raise DataError(f"{source}: class {dup!r} is named twice")
+    return names
+
+
+def _npz_labels(labels, classes, n: int, path: str) -> dict:
+    """The label attributes of an .npz (``labels``, ``classes``, ``label_problem``)."""
+    if labels is None:  # unlabelled (not a problem) unless it names classes
+        return {"labels": None, "classes": None,
+                "label_problem": None if classes is None else f"{path}: 'classes' but no 'labels' array"}
+    try:
+        if labels.ndim != 1 or len(labels) != n:
+            raise DataError(f"{path}: 'labels' has shape {list(labels.shape)}, but there are {n} images: it needs "
+                            f"one class index per image, shape [{n}]")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path}: 'labels' must hold integer class indices, got dtype {labels.dtype}")
+        lab = torch.from_numpy(labels.astype(np.int64))
+        if classes is not None:
+            if classes.ndim != 1 or classes.dtype.kind not in "US":
+                raise DataError(f"{path}: 'classes' must be a 1-d array of class names (strings), got dtype "
+                                f"{classes.dtype}, shape {list(classes.shape)}")
+            names = _check_class_names([c.decode() if isinstance(c, bytes) else c for c in classes.tolist()], path)
+        else:
+            names = tuple(str(i) for i in range(int(lab.max()) + 1)) if int(lab.min()) >= 0 else ()
+        lo, hi = int(lab.min()), int(lab.max())
+        if lo < 0 or hi >= len(names):
+            bad = lo if lo < 0 else hi
+            raise DataError(f"{path}: label {bad} is out of range: labels index the {len(names)} classes, 0 to "
+                            f"{len(names) - 1}" + ("" if classes is not None else " (no 'classes' array: labels "
+                                                   "must be >= 0)"))
+    except DataError as exc:
+        return {"labels": None, "classes": None, "label_problem": str(exc)}
+    return {"labels": lab, "classes": names, "label_problem": None}
 
 
 def _decode(path: str) -> torch.Tensor:
@@ -174,6 +236,8 @@ class ImageFolder(torch.utils.data.Dataset):
     Construction reads every header: an empty folder, an unreadable or oversized (Pillow's
     decompression-bomb limit) file or mixed sizes is a ``DataError`` here. A file whose header
     reads but whose data does not (truncated, corrupt) is a ``DataError`` when it is loaded.
+    Labels: when every image lies in a subfolder of ``root``, ``classes`` are the sorted names of
+    those subfolders (the ones holding images) and ``labels`` the index of each file's one.
     """
 
     def __init__(self, root: str, same_size: bool = True):
@@ -194,6 +258,7 @@ class ImageFolder(torch.utils.data.Dataset):
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                 raise DataError(f"{f}: unreadable image ({type(exc).__name__}: {exc})") from None
         self.files, self.resolution = files, None
+        self._set_labels(root)
         if not same_size:
             return
         if len(sizes) > 1:
@@ -204,6 +269,22 @@ class ImageFolder(torch.utils.data.Dataset):
         if w != h:
             raise DataError(f"{root}: images are {w}x{h}; fastgan's models need square images: {RESIZE_HINT}")
         self.resolution = w
+
+    def _set_labels(self, root: str) -> None:
+        tops = [os.path.relpath(f, root).split(os.sep) for f in self.files]
+        loose = next((f for f, parts in zip(self.files, tops) if len(parts) == 1), None)
+        self.labels = self.classes = self.label_problem = None
+        if loose is not None:
+            self.label_problem = (f"{root}: {loose} lies in the folder itself, so it has no class: labelled "
+                                  "folders hold one subfolder per class, every image in one of them")
+            return
+        try:
+            self.classes = _check_class_names(sorted({parts[0] for parts in tops}), root)
+        except DataError as exc:
+            self.label_problem = str(exc)
+            return
+        index = {c: k for k, c in enumerate(self.classes)}
+        self.labels = torch.tensor([index[parts[0]] for parts in tops], dtype=torch.int64)
 
     def __len__(self):
         return len(self.files)
@@ -272,7 +353,7 @@ class Transformed(torch.utils.data.Dataset):
         self.seed, self.user, self.source = seed, user, source
         self.random_draws = crop == "random" or xflip  # make_loader then passes (index, draw) keys
         self.in_memory = isinstance(base, torch.utils.data.TensorDataset)
-        self.labels, self.classes = getattr(base, "labels", None), getattr(base, "classes", None)
+        self.labels, self.classes, self.label_problem = _label_attributes(base)
         if user:
             self[0]  # the first item: one clear error now rather than in a worker
 
@@ -299,6 +380,64 @@ class Transformed(torch.utils.data.Dataset):
         return (x.contiguous(),)
 
 
+def _label_attributes(ds) -> tuple:
+    """(labels, classes, label_problem) of a dataset: its ``labels`` (or, torchvision's name,
+    ``targets``) and ``classes`` attributes, None where it has none."""
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        labels = getattr(ds, "targets", None)
+    return labels, getattr(ds, "classes", None), getattr(ds, "label_problem", None)
+
+
+def conditional_labels(ds, source: str) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """(labels int64 [N], class names) of a dataset for class-conditional training, or a
+    ``DataError`` saying why there are none: unlabelled data, labels of the wrong length or type,
+    a label out of range, fewer than two classes."""
+    labels, classes, problem = _label_attributes(ds)
+    if problem:  # labels given but unusable: the problem names the file
+        raise DataError(problem)
+    if labels is None or classes is None:
+        raise DataError(f"{source}: conditional training needs labelled data; labels come from the embedded "
+                        "shapes, a folder with one subfolder per class, or an .npz with a 'labels' array "
+                        "(and optionally 'classes')")
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{source}: its labels are not a sequence of class indices ({exc})") from None
+    if labels.dim() != 1 or len(labels) != len(ds):
+        raise DataError(f"{source}: {len(ds)} images but labels of shape {list(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DataError(f"{source}: labels must be integer class indices, got {labels.dtype}")
+    classes = _check_class_names(classes, source)
+    labels = labels.to(torch.int64)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= len(classes):
+        raise DataError(f"{source}: label {lo if lo < 0 else hi} is out of range: labels index the {len(classes)} "
+                        f"classes {list(classes)[:8]}{' ...' if len(classes) > 8 else ''}, 0 to {len(classes) - 1}")
+    if len(classes) < 2:
+        raise DataError(f"{source}: a single class ({classes[0] if classes else 'none'!r}): conditional training "
+                        "needs at least two classes")
+    return labels, classes
+
+
+class Labelled(torch.utils.data.Dataset):
+    """A dataset whose items carry their class: ``(image, label)`` (label a 0-d int64 tensor);
+    keys and the loader hints (``random_draws``, ``in_memory``, ``note``) are the base dataset's."""
+
+    def __init__(self, base, labels: torch.Tensor, classes: tuple[str, ...]):
+        self.base, self.labels, self.classes = base, labels, classes
+        self.random_draws = getattr(base, "random_draws", False)
+        self.in_memory = getattr(base, "in_memory", isinstance(base, torch.utils.data.TensorDataset))
+        self.note = getattr(base, "note", None)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key
+        return self.base[key][0], self.labels[i]
+
+
 def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed: int = 0,
                  resolutions: tuple[int, ...] | None = None, resize: bool = False, crop: str = "center",
                  xflip: bool = False):
@@ -320,7 +459,7 @@ def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed
         ds = ImageFolder(path)
         res = ds.resolution
     elif path.endswith(".npz"):
-        x, note = _load_npz(path)
+        x, note, label_attrs = _load_npz(path)
         if resize:
             x = resize_short_side(x, resolution)
         elif x.shape[-1] != x.shape[-2]:
@@ -328,6 +467,8 @@ def load_dataset(path: str | None, resolution: int, n_embedded: int = 8192, seed
                             f"{RESIZE_HINT}")
         ds, res = torch.utils.data.TensorDataset(x.expand(-1, 3, -1, -1).contiguous()), min(x.shape[-2:])
         ds.note = note
+        for name, value in label_attrs.items():  # labels, classes, label_problem
+            setattr(ds, name, value)
     else:
         raise DataError(f"{path}: expected a folder of images or an .npz file")
     if res != resolution:

@@ -183,6 +183,9 @@ def inpaint_files(checkpoint: str, image: str, mask: str, out: str, ema: bool = 
 
     pairs = _pairs(image, mask, out)
     G, cfg, _ = load_generator(checkpoint, ema=ema, device=device)
+    if cfg.model != "dcgan" or G.classes:
+        raise InpaintError(f"{checkpoint}: inpaint inverts an unconditional DCGAN; this checkpoint is "
+                           f"{'a conditional ' if G.classes else 'a '}{cfg.model} (not supported yet)")
     images, holes = [], []
     for img_path, mask_path, _ in pairs:
         try:

@@ -60,6 +60,7 @@ class TrainConfig:
     resize: bool = False             # resize each image's short side to `resolution` (antialiased bicubic)
     crop: str = "center"             # after resize: center | random (a seeded offset along the long side)
     xflip: bool = False              # flip each drawn image horizontally with probability 1/2 (seeded)
+    conditional: bool = False        # class-conditional G and D on the data's labels (fastgan.data.conditional_labels)
     # models
     model: str = "dcgan"             # dcgan | stylegan2
     z_dim: int = 128
@@ -203,7 +204,7 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not (_finite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        for name in ("resize", "xflip"):
+        for name in ("resize", "xflip", "conditional"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.crop not in CROPS:

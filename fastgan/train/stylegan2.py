@@ -17,6 +17,8 @@ Per iteration (one optimiser step per network, the regularisers added to its los
   w_avg (the mapping network's, for truncation) follows the D step's latents.
   EMA: G_ema <- beta G_ema + (1 - beta) G, beta = 0.5 ** (batch / h), the half-life
   h = ema_kimg * 1000 images, ramped up as h = min(h, images_seen * ema_rampup).
+Class-conditional (``conditional``): c = one_hot(label) feeds G's mapping network (both
+latents of a style mix, and the path-length batch) and D's projection; labels as in the Trainer.
 Augmentation: D sees every real and fake batch (G's loss included) through ``augment.diff_augment``
 (``augment="diffaug"``) or ADA's pipeline ``ada.ada_augment`` (``augment="ada"``), whose
 probability p ``ada.AdaController`` adjusts from the D steps' real logits (every 4 D steps:
@@ -70,8 +72,9 @@ class StyleGAN2Trainer(Trainer):
         if cfg.augment == "ada":
             self.ada = AdaController(cfg.batch_size, cfg.ada_target, cfg.ada_kimg, cfg.ada_p, device=self.device,
                                      reduce=lambda t: dist_util.sum_over_ranks_(t, self.dist))
-        return build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, 0, cfg.channel_base, cfg.channel_max,
-                               cfg.mapping_layers, num_bf16_res=BF16_RESOLUTIONS if self.amp else 0, fused=cfg.fused)
+        return build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, self.n_classes, cfg.channel_base,
+                               cfg.channel_max, cfg.mapping_layers, num_bf16_res=BF16_RESOLUTIONS if self.amp else 0,
+                               fused=cfg.fused)
 
     def _autocast(self):
         return contextlib.nullcontext()  # the models choose each block's precision
@@ -101,12 +104,17 @@ class StyleGAN2Trainer(Trainer):
 
     # ------------------------------------------------------------------ generation
 
-    def _ws(self, n: int) -> torch.Tensor:
-        """ws [n, num_ws, w_dim] with per-sample style mixing."""
+    def _cond(self, labels: torch.Tensor) -> torch.Tensor:
+        """StyleGAN2's c: the one-hot labels [N, n_classes]."""
+        return torch.nn.functional.one_hot(labels, self.n_classes).to(torch.float32)
+
+    def _ws(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ws [n, num_ws, w_dim] with per-sample style mixing (both latents of the class ``labels``)."""
         G, cfg = self.G, self.cfg
-        ws = G.mapping(self._z(n), update_emas=self._update_w_avg)
+        c = None if labels is None else self._cond(labels)
+        ws = G.mapping(self._z(n), c, update_emas=self._update_w_avg)
         if cfg.style_mixing > 0:
-            ws2 = G.mapping(self._z(n))
+            ws2 = G.mapping(self._z(n), c)
             mix = torch.rand(n, device=self.device, generator=self.noise) < cfg.style_mixing
             cutoff = torch.randint(1, G.num_ws, (n,), device=self.device, generator=self.noise)
             layer = torch.arange(G.num_ws, device=self.device)
@@ -114,14 +122,14 @@ class StyleGAN2Trainer(Trainer):
             ws = torch.where(take2, ws2, ws)
         return ws
 
-    def _fake(self, n: int) -> torch.Tensor:
-        return self.G.synthesis(self._ws(n), generator=self.noise)
+    def _fake(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.G.synthesis(self._ws(n, labels), generator=self.noise)
 
     def _path_length(self, n: int) -> torch.Tensor:
         """The path-length penalty P (module doc) on ``n // pl_batch_shrink`` samples; updates pl_mean."""
         cfg = self.cfg
         m = max(n // cfg.pl_batch_shrink, 1)
-        ws = self._ws(m)
+        ws = self._ws(m, self._draw_labels(m))
         with no_weight_gradients():
             img = self.G.synthesis(ws, generator=self.noise)
             y = torch.randn(img.shape, device=self.device, generator=self.noise) / math.sqrt(img[0, 0].numel())
@@ -133,41 +141,50 @@ class StyleGAN2Trainer(Trainer):
 
     # ------------------------------------------------------------------ steps
 
-    def _disc(self, x: torch.Tensor) -> torch.Tensor:
-        """D on (augmented, with ``augment`` "diffaug" or "ada") images."""
+    def _disc(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """D on (augmented, with ``augment`` "diffaug" or "ada") images (of the classes ``c``, one-hot)."""
         if self.cfg.augment == "diffaug":
             x = diff_augment(x, self.noise)
         elif self.cfg.augment == "ada":
             x = ada_augment(x, self.ada.p, self.noise, fused=self.cfg.fused)  # fused=False: F.grid_sample
-        return self.D(x)
+        return self.D(x) if c is None else self.D(x, c)
 
-    def _d_update(self, real, r1, set_to_none=True):
+    def _critic(self, labels: torch.Tensor | None):
+        """``_disc`` as a function of the image alone (the labels fixed)."""
+        if labels is None:
+            return self._disc
+        c = self._cond(labels)
+        return lambda x: self._disc(x, c)
+
+    def _d_update(self, real, r1, set_to_none=True, labels=None):
         cfg = self.cfg
         with self._ops():
             n = real.shape[0]
             self.D.requires_grad_(True)
+            fake_labels = self._draw_labels(n) if labels is not None else None
             self._update_w_avg = True  # w_avg follows the latents of the D step
             try:
                 with torch.no_grad():
-                    fake = self._fake(n).to(real.dtype)
+                    fake = self._fake(n, fake_labels).to(real.dtype)
             finally:
                 self._update_w_avg = False
+            d_real, d_fake = self._critic(labels), self._critic(fake_labels)
             penalty = None
             fake_logits = None
             if cfg.penalty == "r1+r2":  # every step: R1 on the real batch, R2 on the fake one
-                r1_term, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=cfg.effective_gamma,
+                r1_term, real_logits = FG.gradient_penalty(d_real, real, kind="r1", gamma=cfg.effective_gamma,
                                                            return_logits=True)
-                r2_term, fake_logits = FG.gradient_penalty(self._disc, real, fake, kind="r2",
+                r2_term, fake_logits = FG.gradient_penalty(d_fake, real, fake, kind="r2",
                                                            gamma=cfg.effective_gamma, return_logits=True)
                 penalty = r1_term + r2_term
             elif r1:  # through the augmentation: the gradient is with respect to the un-augmented image
                 gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
-                penalty, real_logits = FG.gradient_penalty(self._disc, real, kind="r1", gamma=gamma,
+                penalty, real_logits = FG.gradient_penalty(d_real, real, kind="r1", gamma=gamma,
                                                            return_logits=True)
             else:
-                real_logits = self._disc(real)
+                real_logits = d_real(real)
             if fake_logits is None:
-                fake_logits = self._disc(fake)
+                fake_logits = d_fake(fake)
             if self.ada is not None:  # after both batches: an adjusted p applies from the next pass on
                 self.ada.accumulate(real_logits)
             return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
@@ -179,7 +196,8 @@ class StyleGAN2Trainer(Trainer):
         cfg = self.cfg
         with self._ops():
             self.D.requires_grad_(False)
-            fake_logits = self._disc(self._fake(n))
+            labels = self._draw_labels(n)
+            fake_logits = self._critic(labels)(self._fake(n, labels))
             loss = FG.g_loss(fake_logits.float(), kind=cfg.loss)
             pl = torch.zeros((), device=self.device)
             total = loss
@@ -218,11 +236,13 @@ class StyleGAN2Trainer(Trainer):
         noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         return self.G_ema(z, noise_mode="random", generator=noise)
 
-    def sample(self, path: str) -> None:
+    def sample(self, path: str) -> torch.Tensor:
+        z, labels = self.sample_inputs()
         with torch.no_grad(), self._ops():
-            images = self.G_ema(self.fixed_z.to(self.device), truncation_psi=self.cfg.truncation_psi,
-                                noise_mode="const")
+            images = self.G_ema(z, None if labels is None else self._cond(labels),
+                                truncation_psi=self.cfg.truncation_psi, noise_mode="const")
         save_image_grid(images, path, nrow=8)
+        return images
 
 
 Trainer.model_trainers["stylegan2"] = StyleGAN2Trainer

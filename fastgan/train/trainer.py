@@ -12,6 +12,14 @@ WGAN-GP interpolation's own generator, the step-indexed data order; the DataLoad
 seeded generator, so creating its iterator draws nothing from the global one), so a resumed CPU
 run reproduces an uninterrupted one exactly.
 
+Class-conditional (``cfg.conditional``): every real batch comes with its labels y; D(real) is
+D(real, y_real), the fakes are G(z, y) with y drawn from the training labels (their empirical
+distribution, from the noise generator), and D(fake) and G's loss take that y. WGAN-GP's fakes take
+the real batch's labels instead, so that each interpolate lies between two images of one class.
+Every penalty is the gradient with respect to the image only (the labels are constants). The
+class names are stored in the checkpoint, and a resume checks that the data has the same ones.
+The sample grid has one row per class (the first 64), the same 8 latents in every row.
+
 ``train()`` stops early, every rank at the same step, on SIGINT or SIGTERM to any rank (a
 checkpoint, then status "interrupted"), on a non-finite loss or weight (status "diverged": the
 checkpoint on disk stays the last finite one) and on an image that does not decode (a
@@ -44,7 +52,8 @@ import torch
 from .. import functional as FG
 from ..atomic import FolderLock, atomic_write, atomic_write_json, remove_stale_temporaries
 from ..backend import backend_for_device, use_backend
-from ..data import DataError, LoaderBatches, data_error_line, load_dataset, make_loader, user_dataset
+from ..data import (DataError, Labelled, LoaderBatches, conditional_labels, data_error_line, load_dataset,
+                    make_loader, user_dataset)
 from ..models import build_dcgan
 from ..monitor import ResourceMonitor
 from . import distributed as dist_util
@@ -187,6 +196,8 @@ class Trainer:
             self.dataset = self._user_data(cfg, dataset)
         if self.user_loader is None and cfg.batch_size > len(self.dataset):
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
+        self.classes, self.n_classes = self._labels(cfg, state, resume, "the embedded shapes" if dataset is None
+                                                    else f"dataset {type(dataset).__name__}")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.D = self._build_models()
         self.G.to(self.device)
@@ -198,8 +209,9 @@ class Trainer:
         use_graphs = False
         if cfg.cuda_graphs:
             why = (graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
-                   if self.supports_graphs else f"cuda_graphs: no captured steps for model {cfg.model} yet; "
-                                                "running eager steps")
+                   if self.supports_graphs and not cfg.conditional else
+                   "cuda_graphs: no captured conditional steps yet; running eager steps" if cfg.conditional else
+                   f"cuda_graphs: no captured steps for model {cfg.model} yet; running eager steps")
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -230,6 +242,25 @@ class Trainer:
         dist_util.broadcast_module_(self.G_ema, self.dist)
         self._stop_signal = None
 
+    def _labels(self, cfg: TrainConfig, state: dict | None, resume: str | None,
+                source: str) -> tuple[tuple | None, int]:
+        """Conditional: (class names, their number); the dataset becomes ``Labelled`` (batches of
+        (images, labels)) and ``label_pool`` holds every training label on the device (the fakes'
+        labels are drawn from it). A resume checks the checkpoint's class names. Unconditional: (None, 0)."""
+        saved = None if state is None else state.get("classes")
+        if not cfg.conditional:
+            return None, 0
+        if self.user_loader is not None:
+            raise ValueError("conditional training takes a map-style Dataset with labels (``labels`` or ``targets`` "
+                             "and ``classes`` attributes), not a DataLoader: pass dataset=loader.dataset")
+        labels, classes = conditional_labels(self.dataset, cfg.data or source)
+        if state is not None and (saved is None or list(saved) != list(classes)):
+            raise CheckpointError(f"{resume}: the checkpoint was trained on the classes {saved}, but the data has "
+                                  f"{list(classes)}")
+        self.dataset = Labelled(self.dataset, labels, classes)
+        self.label_pool = labels.to(self.device)
+        return tuple(classes), len(classes)
+
     def _user_data(self, cfg: TrainConfig, data):
         """A user's Dataset (wrapped: checked, resized, cropped, flipped) or DataLoader (kept in
         ``user_loader``; ``dataset`` is its dataset)."""
@@ -245,7 +276,8 @@ class Trainer:
 
     def _build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         cfg = self.cfg
-        return build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused)
+        return build_dcgan(cfg.resolution, cfg.z_dim, cfg.g_width, cfg.d_width, fused=cfg.fused,
+                           n_classes=self.n_classes)
 
     def _adam(self, model: torch.nn.Module, lr: float, graphed: bool) -> torch.optim.Optimizer:
         """Adam, fused (one multi-tensor kernel per step). Graphed: capturable, with a tensor lr that
@@ -283,9 +315,12 @@ class Trainer:
         opt_g, opt_d = self.opt_g.state_dict(), self.opt_d.state_dict()
         if self.graphs is not None:  # float lr, capturable=False: resumable by an eager run, CPU included
             opt_g, opt_d = graph_util.portable_optimizer_state(opt_g), graph_util.portable_optimizer_state(opt_d)
-        return {"config": self.cfg.to_dict(), "step": self.step, "d_steps": self.d_steps,
-                "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-                "opt_g": opt_g, "opt_d": opt_d, "rng": rng, "fixed_z": self.fixed_z}
+        state = {"config": self.cfg.to_dict(), "step": self.step, "d_steps": self.d_steps,
+                 "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                 "opt_g": opt_g, "opt_d": opt_d, "rng": rng, "fixed_z": self.fixed_z}
+        if self.n_classes:  # a conditional model's classes: label k is classes[k]
+            state.update(classes=list(self.classes), n_classes=self.n_classes)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Load a ``state_dict()`` (or a checkpoint) into this trainer. Every tensor is copied in
@@ -379,9 +414,29 @@ class Trainer:
         """This D step computes the penalty (WGAN-GP and R1 + R2: every D step; lazy R1: ``_r1_due``)."""
         return self.cfg.penalty in ("wgan-gp", "r1+r2") or self._r1_due()
 
-    def _fake(self, n: int) -> torch.Tensor:
-        """n generated images (G's forward on fresh noise from the trainer's generator)."""
-        return self.G(self._z(n))
+    def _fake(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n generated images (G's forward on fresh noise from the trainer's generator; of the
+        classes ``labels`` for a conditional G)."""
+        z = self._z(n)
+        return self.G(z) if labels is None else self.G(z, self._cond(labels))
+
+    def _cond(self, labels: torch.Tensor) -> torch.Tensor:
+        """The models' conditioning input for class indices (DCGAN: the indices themselves)."""
+        return labels
+
+    def _draw_labels(self, n: int) -> torch.Tensor | None:
+        """n labels drawn from the training labels (None when unconditional); no host sync."""
+        if not self.n_classes:
+            return None
+        pick = torch.randint(len(self.label_pool), (n,), device=self.device, generator=self.noise)
+        return self.label_pool[pick]
+
+    def _critic(self, labels: torch.Tensor | None):
+        """D as a function of the image alone (the labels fixed): what D's loss and the penalties call."""
+        if labels is None:
+            return self.D
+        c = self._cond(labels)
+        return lambda x: self.D(x, c)
 
     def ema_beta(self) -> float:
         """The EMA decay for the coming G step (``ema.ema_decay_at``)."""
@@ -399,29 +454,36 @@ class Trainer:
         """Lazy R1: this D step carries the penalty (every ``reg_interval``-th D step)."""
         return self.cfg.penalty == "r1" and self.d_steps % self.cfg.reg_interval == 0
 
-    def _d_update(self, real: torch.Tensor, r1: bool, set_to_none: bool = True) -> dict:
-        """The D step body (eager, or captured in graph mode with ``set_to_none=False``)."""
+    def _d_update(self, real: torch.Tensor, r1: bool, set_to_none: bool = True,
+                  labels: torch.Tensor | None = None) -> dict:
+        """The D step body (eager, or captured in graph mode with ``set_to_none=False``);
+        ``labels``: the real batch's (conditional)."""
         with self._ops():
             cfg = self.cfg
             n = real.shape[0]
             self.D.requires_grad_(True)
+            # the fakes' labels: drawn; WGAN-GP's: the real ones (each interpolate within one class)
+            fake_labels = labels if labels is None or cfg.penalty == "wgan-gp" else self._draw_labels(n)
             with torch.no_grad(), self._autocast():
-                fake = self._fake(n)
+                fake = self._fake(n, fake_labels)
             fake = fake.to(real.dtype)
+            d_real, d_fake = self._critic(labels), self._critic(fake_labels)
             penalty = None
             real_logits = None
             with self._autocast():
                 if r1:
                     gamma = FG.lazy_regularization(cfg.effective_gamma, cfg.reg_interval)
-                    penalty, real_logits = FG.gradient_penalty(self.D, real, kind="r1", gamma=gamma, return_logits=True)
+                    penalty, real_logits = FG.gradient_penalty(d_real, real, kind="r1", gamma=gamma, return_logits=True)
                 if real_logits is None and getattr(self.D, "per_sample", False):
                     # each logit depends on its own sample only: one D call for both batches
-                    real_logits, fake_logits = self.D(torch.cat([real, fake])).split([n, fake.shape[0]])
+                    both = (self.D(torch.cat([real, fake])) if labels is None else
+                            self.D(torch.cat([real, fake]), self._cond(torch.cat([labels, fake_labels]))))
+                    real_logits, fake_logits = both.split([n, fake.shape[0]])
                 else:
-                    real_logits = self.D(real) if real_logits is None else real_logits
-                    fake_logits = self.D(fake)
+                    real_logits = d_real(real) if real_logits is None else real_logits
+                    fake_logits = d_fake(fake)
                 if cfg.penalty == "wgan-gp":
-                    penalty = FG.gradient_penalty(self.D, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma,
+                    penalty = FG.gradient_penalty(d_real, real, fake, kind="wgan-gp", gamma=cfg.effective_gamma,
                                                   generator=self.gp_eps)
             return self._d_loss_step(real_logits, fake_logits, penalty, set_to_none)
 
@@ -445,8 +507,9 @@ class Trainer:
         """The G step body, EMA update included."""
         with self._ops():
             self.D.requires_grad_(False)  # no D weight gradients in the G step
+            labels = self._draw_labels(n)
             with self._autocast():
-                fake_logits = self.D(self._fake(n))
+                fake_logits = self._critic(labels)(self._fake(n, labels))
             loss = FG.g_loss(fake_logits.float(), kind=self.cfg.loss)
             self.opt_g.zero_grad(set_to_none=set_to_none)
             loss.backward()
@@ -462,14 +525,18 @@ class Trainer:
         penalties (fastgan's eager backend is their reference lines)."""
         return contextlib.nullcontext() if self.cfg.fused else use_backend("eager")
 
-    def d_step(self, real: torch.Tensor) -> dict:
+    def d_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         """One discriminator update; returns detached scalars (no host sync). ``penalty`` is the
         last one computed (0 before the first): lazy R1 skips most D steps, and the stats of a
-        G step are its last D step's (graph mode keeps it in its stats slot alike)."""
+        G step are its last D step's (graph mode keeps it in its stats slot alike). ``labels``:
+        the real batch's classes (a conditional trainer needs them, an unconditional one refuses them)."""
+        if (labels is None) != (not self.n_classes):
+            raise ValueError("a conditional trainer needs each real batch's labels: (images, labels)" if self.n_classes
+                             else "this trainer is unconditional: real batches carry no labels")
         if self.graphs is not None:
             return self.graphs.d_step(real)
         computed = self._penalty_due()
-        stats = self._d_update(real, self._r1_due())
+        stats = self._d_update(real, self._r1_due(), labels=labels)
         self.d_steps += 1
         if computed or self._last_penalty is None:
             self._last_penalty = stats["penalty"]
@@ -487,11 +554,11 @@ class Trainer:
             real = real.contiguous(memory_format=torch.channels_last)
         return real
 
-    def train_step(self, reals: list[torch.Tensor]) -> dict:
-        """One iteration: ``n_critic`` D steps (one real batch each, this rank's share) and one
-        G step. Returns detached 0-d tensors (no host sync): the last D step's statistics
-        (``d_step``). With CUDA graphs they are views of one fresh vector (not the graphs' static
-        memory), so they may be kept."""
+    def train_step(self, reals: list) -> dict:
+        """One iteration: ``n_critic`` D steps (one real batch each, this rank's share; a
+        conditional trainer's batches are (images, labels) pairs) and one G step. Returns detached
+        0-d tensors (no host sync): the last D step's statistics (``d_step``). With CUDA graphs
+        they are views of one fresh vector (not the graphs' static memory), so they may be kept."""
         if len(reals) != self.cfg.n_critic:
             raise ValueError(f"train_step needs n_critic = {self.cfg.n_critic} real batches, got {len(reals)}")
         if self.graphs is not None:
@@ -499,8 +566,12 @@ class Trainer:
             stats = self.graphs.train_step(reals)
         else:
             for real in reals:
-                stats = self.d_step(self.to_device(real))
-            stats.update(self.g_step(reals[0].shape[0]))
+                if isinstance(real, (tuple, list)):
+                    real, labels = real
+                    stats = self.d_step(self.to_device(real), labels.to(self.device, non_blocking=True))
+                else:
+                    stats = self.d_step(self.to_device(real))
+            stats.update(self.g_step(real.shape[0]))
         self.step += 1
         return stats
 
@@ -541,10 +612,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def sample_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z, labels) of the sample grid: the fixed noise; conditional: one row per class (the
+        first 64), the same 8 latents in every row."""
+        if not self.n_classes:
+            return self.fixed_z.to(self.device), None
+        k = min(self.n_classes, 64)
+        z = self.fixed_z[:8].repeat(k, 1).to(self.device)
+        return z, torch.arange(k, device=self.device).repeat_interleave(8)
+
     def sample(self, path: str) -> torch.Tensor:
-        """Write G_ema's images of the fixed noise as a grid; returns them."""
+        """Write G_ema's images of the fixed noise as a grid (8 a row); returns them."""
+        z, labels = self.sample_inputs()
         with torch.no_grad(), self._ops():
-            images = self.G_ema(self.fixed_z.to(self.device))
+            images = self.G_ema(z) if labels is None else self.G_ema(z, self._cond(labels))
         save_image_grid(images, path, nrow=8)
         return images
 
@@ -652,6 +733,8 @@ class Trainer:
         if stop.signal is not None:
             return None, None
         try:
+            if self.n_classes:  # (images, labels)
+                return [tuple(next(data)[:2]) for _ in range(self.cfg.n_critic)], None
             return [next(data)[0] for _ in range(self.cfg.n_critic)], None
         except DataError as exc:
             return None, exc
