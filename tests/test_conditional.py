@@ -188,6 +188,8 @@ def test_conditional_penalty_and_losses_take_the_real_labels(tmp_path):
     assert float(stats["penalty"]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="needs each real batch's labels"):
         t.d_step(x)
+    with pytest.warns(RuntimeWarning, match="no captured conditional steps yet; running eager steps"):
+        assert Trainer(_cfg(tmp_path, "graphs", cuda_graphs=True), log=_quiet).graphs is None
 
 
 def test_conditional_resume_checks_the_classes_and_bad_data_is_one_line(tmp_path, capsys):

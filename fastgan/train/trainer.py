@@ -208,10 +208,12 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_graphs = False
         if cfg.cuda_graphs:
-            why = (graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
-                   if self.supports_graphs and not cfg.conditional else
-                   "cuda_graphs: no captured conditional steps yet; running eager steps" if cfg.conditional else
-                   f"cuda_graphs: no captured steps for model {cfg.model} yet; running eager steps")
+            if cfg.conditional:
+                why = "cuda_graphs: no captured conditional steps yet; running eager steps"
+            elif not self.supports_graphs:
+                why = f"cuda_graphs: no captured steps for model {cfg.model} yet; running eager steps"
+            else:
+                why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -247,13 +249,13 @@ class Trainer:
         """Conditional: (class names, their number); the dataset becomes ``Labelled`` (batches of
         (images, labels)) and ``label_pool`` holds every training label on the device (the fakes'
         labels are drawn from it). A resume checks the checkpoint's class names. Unconditional: (None, 0)."""
-        saved = None if state is None else state.get("classes")
         if not cfg.conditional:
             return None, 0
         if self.user_loader is not None:
             raise ValueError("conditional training takes a map-style Dataset with labels (``labels`` or ``targets`` "
                              "and ``classes`` attributes), not a DataLoader: pass dataset=loader.dataset")
         labels, classes = conditional_labels(self.dataset, cfg.data or source)
+        saved = None if state is None else state.get("classes")
         if state is not None and (saved is None or list(saved) != list(classes)):
             raise CheckpointError(f"{resume}: the checkpoint was trained on the classes {saved}, but the data has "
                                   f"{list(classes)}")
