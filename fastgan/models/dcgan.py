@@ -138,12 +138,19 @@ class Generator(nn.Module):
         if n_classes:  # N(0, 0.02) too: a class code as large as z (N(0, 1)) let BatchNorm + ReLU switch off
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # whole classes early in training (measured)
 
+    @torch.jit.unused  # torch.jit.script of an unconditional G (the README's export recipe) skips it
+    def _with_class_code(self, z, c):
+        return torch.cat([z, class_embedding(self.embed, c, z.shape[0]).to(z.dtype)], dim=1)
+
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """z [N, z_dim] (and, conditional, c: int64 [N] or one-hot [N, n_classes]) -> images [N, C, R, R]."""
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape [N, {self.z_dim}], got {list(z.shape)}")
         if self.n_classes:
-            z = torch.cat([z, class_embedding(self.embed, c, z.shape[0]).to(z.dtype)], dim=1)
+            if c is None:
+                raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass the labels c, "
+                                 f"int64 [N] or one-hot [N, {self.n_classes}]")
+            z = self._with_class_code(z, c)
         elif c is not None:
             raise ValueError("this generator is unconditional: it takes no labels c")
         x = self.to_rgb(self.blocks(z[:, :, None, None]))
