@@ -147,6 +147,31 @@ def _step_fn(tr, what: str, real: torch.Tensor, d_step=None):
     return iteration
 
 
+def graphed_step(build, what: str, real: torch.Tensor):
+    """The ``fastgan+graphs`` provider: ``build()`` makes a ``cuda_graphs=True`` trainer; its step
+    (``_step_fn``) is called until the graphs it replays are captured (each kind on its
+    ``WARMUP_STEPS + 1``-th use; an iteration on a lazy schedule meets its lazy kinds every k-th
+    call). Returns (fn, extra) or, when the trainer runs eager steps, the reason."""
+    import warnings
+
+    from fastgan.train import graphs as graph_util
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr = build()
+    if tr.graphs is None:
+        why = "; ".join(str(w.message) for w in caught) or "the trainer did not enable CUDA graphs"
+        return f"CUDA graphs unavailable: {why}"
+    warm = graph_util.WARMUP_STEPS + 2  # eager warm-up calls, the capture, one replay
+    if what == "iter":
+        warm *= max(tr.cfg.reg_interval, getattr(tr.cfg, "pl_interval", 1))
+    fn = _warm(_step_fn(tr, what, real), warm)
+    if not tr.graphs.captured:
+        return f"CUDA graphs: nothing was captured after {warm} calls"
+    return fn, {"config": f"Trainer(cuda_graphs=True): steps captured as CUDA graphs and replayed "
+                          f"({', '.join(tr.graphs.captured)})"}
+
+
 def _warm(fn, calls: int = WARMUP_CALLS):
     for _ in range(calls):
         fn()
@@ -329,28 +354,7 @@ def _make(what: str, loss: str, penalty: str, res: int, width: int, batch: int):
             return _warm(_step_fn(tr, what, real))
 
         def graphs():
-            try:
-                from fastgan.train import graphs as graph_util
-            except ImportError as exc:
-                return f"fastgan.train.graphs not available ({exc})"
-            import warnings
-
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    tr = _trainer(*args, fused=True, cuda_graphs=True)
-                except TypeError as exc:
-                    return f"TrainConfig has no cuda_graphs option ({exc})"
-            if getattr(tr, "graphs", None) is None:
-                why = "; ".join(str(w.message) for w in caught) or "the trainer did not enable CUDA graphs"
-                return f"CUDA graphs unavailable: {why}"
-            warm = getattr(graph_util, "WARMUP_STEPS", 3) + 2  # eager warm-up calls, the capture, one replay
-            fn = _warm(_step_fn(tr, what, real), warm)
-            captured = getattr(tr.graphs, "captured", None)
-            if captured is not None and not captured:
-                return f"CUDA graphs: nothing was captured after {warm} calls"
-            return fn, {"config": "Trainer(cuda_graphs=True): D/G steps captured as CUDA graphs and replayed"
-                                  + (f" ({', '.join(captured)})" if captured else "")}
+            return graphed_step(lambda: _trainer(*args, fused=True, cuda_graphs=True), what, real)
 
         fns = {"eager": Lazy(eager), "compile": Lazy(compiled)}
         backend = fastgan.backend_for(real)

@@ -200,33 +200,37 @@ SG2_KINDS = {
 
 
 def _sg2_trainer(device, res: int, batch: int, net: dict, fused: bool, penalty: str, pl_weight: float,
-                 intervals: tuple[int, int]):
+                 intervals: tuple[int, int], cuda_graphs: bool = False):
     from fastgan.train import Trainer, TrainConfig
 
     cfg = TrainConfig(model="stylegan2", resolution=res, batch_size=batch, n_embedded=batch, fused=fused,
                       penalty=penalty, pl_weight=pl_weight, reg_interval=intervals[0], pl_interval=intervals[1],
-                      device=str(device), progress=False, **net)
+                      device=str(device), progress=False, cuda_graphs=cuda_graphs, **net)
     return Trainer(cfg, log=lambda *a, **k: None)
 
 
 def _make_step(kind: str, res: int, batch: int, net: dict, quick: bool):
     def make(device, dtype):
         import fastgan
-        from .cases_steps import _SplitD, _step_fn, _warm
+        from .cases_steps import _SplitD, _step_fn, _warm, graphed_step
 
         what, penalty, pl_weight, intervals = SG2_KINDS[kind]
 
-        def trainer(fused):
-            tr = _sg2_trainer(device, res, batch, net, fused, penalty, pl_weight, intervals)
+        def real_batch():  # built by a provider, on the device it runs on
             g = torch.Generator().manual_seed(res * 1000 + batch)
-            return tr, (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device)
+            return (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device)
+
+        def trainer(fused, cuda_graphs=False):
+            return _sg2_trainer(device, res, batch, net, fused, penalty, pl_weight, intervals, cuda_graphs)
 
         def timed(fused):
-            tr, real = trainer(fused)
-            return _warm(_step_fn(tr, what, real))
+            return _warm(_step_fn(trainer(fused), what, real_batch()))
+
+        def graphed():
+            return graphed_step(lambda: trainer(True, cuda_graphs=True), what, real_batch())
 
         def compiled():
-            tr, real = trainer(False)
+            tr, real = trainer(False), real_batch()
             plain_d = tr.D
             tr.D = compile_fn(plain_d)
             if penalty != "none":
@@ -242,7 +246,8 @@ def _make_step(kind: str, res: int, batch: int, net: dict, quick: bool):
         backend = fastgan.backend.backend_for_device(device)
         fns["fastgan"] = Lazy(lambda: timed(True)) if backend == "triton" else (
             f"fastgan's Triton path needs CUDA and Triton (backend here: {backend})")
-        fns["fastgan+graphs"] = "n/a: the StyleGAN2 trainer's steps are not captured as CUDA graphs"
+        fns["fastgan+graphs"] = ("CUDA graphs need a CUDA device" if device.type != "cuda" else
+                                 Lazy(graphed) if backend == "triton" else fns["fastgan"])
         if quick and device.type == "cuda":
             fns["compile"] = ("skipped in --quick: torch.compile of the StyleGAN2 networks takes minutes of "
                               "compilation; --full times it")

@@ -87,7 +87,7 @@ def _emulate_graph_mode(t):
     """The trainer's graph-mode bookkeeping on a CPU: CapturedStep falls back to eager calls, so
     this runs everything but the capture itself (static real buffer, one step per kind,
     zero_grad(set_to_none=False), the stats buffer)."""
-    t.graphs = G.TrainerGraphs(t, (D_STATS, G_STATS))
+    t.graphs = G.TrainerGraphs(t)
     return t
 
 
@@ -644,3 +644,89 @@ def test_gpu_train_loop_logs_every_step_asynchronously(tmp_path):
     resumed.train()
     assert resumed.step == 22
     assert fastgan.train.graphs.WARMUP_STEPS == 3
+
+
+# ----------------------------------------------------------------------------- StyleGAN2's four graphs
+
+def _sg2_cfg(tmp_path, **kw):
+    """A tiny StyleGAN2 on the lazy schedule: R1 and path length every 2nd step, DiffAugment."""
+    base = dict(model="stylegan2", resolution=16, n_embedded=16, z_dim=16, channel_base=64, channel_max=16,
+                mapping_layers=2, batch_size=4, steps=100, device="cpu", out=str(tmp_path / "run"), progress=False,
+                sample_every=10 ** 6, ckpt_every=10 ** 6, fused=False, reg_interval=2, pl_interval=2,
+                augment="diffaug")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.filterwarnings("ignore:capture_step")
+def test_stylegan2_graph_mode_step_logic_on_cpu_is_bitwise_eager(tmp_path):
+    """StyleGAN2's graph bookkeeping (CapturedStep runs eagerly on a CPU): four kinds, D and G
+    stats slots with the path-length values, the lazy schedules picking the graphs."""
+    tg = _emulate_graph_mode(Trainer(_sg2_cfg(tmp_path / "g")))
+    te = Trainer(_sg2_cfg(tmp_path / "e"))
+    assert tg.graphs.g_names == G_STATS + ("pl_penalty", "pl_mean")
+    assert tg.graph_kinds == ("d", "d_r1", "g", "g_pl")
+    batches = [torch.stack([te.dataset[j][0] for j in range(i * 4, i * 4 + 4)]) for i in range(4)]
+    kinds = []
+    for b in batches:
+        kinds.append(tg.g_graph_kind())
+        sg, se = tg.train_step([b]), te.train_step([b])
+        assert list(sg) == list(se) and all(torch.equal(sg[k], se[k]) for k in se), (sg, se)
+    assert kinds == ["g_pl", "g", "g_pl", "g"]  # path length on G steps 0, 2
+    assert sorted(tg.graphs.steps) == ["d", "d_r1", "g", "g_pl"]
+    assert [s.calls for _, s in sorted(tg.graphs.steps.items())] == [2, 2, 2, 2]
+    for name in ("G", "D", "G_ema"):
+        assert torch.equal(flat(getattr(tg, name)), flat(getattr(te, name))), name
+    assert torch.equal(tg.pl_mean, te.pl_mean) and torch.equal(tg.noise.get_state(), te.noise.get_state())
+
+
+def test_stylegan2_graph_kinds_and_blockers(tmp_path):
+    def kinds(**kw):
+        return Trainer(_sg2_cfg(tmp_path, **kw)).graph_kinds
+
+    assert kinds(penalty="r1+r2") == ("d", "g", "g_pl")
+    assert kinds(reg_interval=1, pl_interval=1) == ("d_r1", "g_pl")
+    assert kinds(penalty="none", pl_weight=0.0) == ("d", "g")
+    # ADA's host-read padding: a clear warning (before the CPU's), eager steps
+    with pytest.warns(RuntimeWarning, match="--augment ada reads its reflect padding on the host"):
+        t = Trainer(_sg2_cfg(tmp_path / "ada", augment="ada", cuda_graphs=True))
+    assert t.graphs is None
+
+
+def _sg2_gpu_pair(tmp_path, steps, **kw):
+    """A StyleGAN2 run graphed and eager (the same capturable optimizers), in turn from one RNG state."""
+    cfg = dict(device="cuda", amp=False, cuda_graphs=True, resolution=32, channel_base=256, channel_max=32,
+               batch_size=8, n_embedded=64)
+    cfg.update(kw)
+    tg, te = Trainer(_sg2_cfg(tmp_path / "g", **cfg)), Trainer(_sg2_cfg(tmp_path / "e", **cfg))
+    te.graphs = None
+    assert tg.graphs is not None
+    batches = _batches(tg, steps)
+    hist = {"g": [], "e": []}
+    names = tg.stat_names[0] + tg.stat_names[1]
+    for key, t in (("g", tg), ("e", te)):
+        for b in batches:
+            stats = t.train_step([b])
+            hist[key].append(torch.stack([stats[k].float() for k in names]))
+    torch.cuda.synchronize()
+    return tg, te, hist
+
+
+@gpu
+@pytest.mark.parametrize("fused", [True, False])
+def test_gpu_stylegan2_graphs_match_eager(tmp_path, exact_cuda, fused):
+    """The four StyleGAN2 graphs (D, D + lazy R1, G, G + lazy path length) against eager steps:
+    weights, EMA, pl_mean, every logged value, and the noise generator's consumption."""
+    tg, te, hist = _sg2_gpu_pair(tmp_path, 4 * (G.WARMUP_STEPS + 2), fused=fused)
+    assert tg.graphs.captured == ["d", "d_r1", "g", "g_pl"] and tg.graphs_ready
+    _assert_same_run(tg, te, hist["g"], hist["e"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tg.pl_mean, te.pl_mean, rtol=1e-5, atol=1e-7)
+    assert torch.equal(tg.noise.get_state(), te.noise.get_state()), "same noise consumption"
+
+
+@gpu
+def test_gpu_stylegan2_graphs_bf16_blocks(tmp_path, exact_cuda):
+    """amp: the top resolutions in bfloat16 with the conv clamp, graphed against eager."""
+    tg, te, hist = _sg2_gpu_pair(tmp_path, 4 * (G.WARMUP_STEPS + 2), amp=True, fused=True)
+    assert tg.graphs_ready
+    _assert_same_run(tg, te, hist["g"], hist["e"], rtol=2e-2, atol=2e-3)

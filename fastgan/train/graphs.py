@@ -12,9 +12,10 @@ Public API:
     step = capture_step(fn, *example_inputs, warmup=3)   # -> CapturedStep
     out = step(*inputs)    # copy into static buffers, replay, return the static outputs
 
-The trainer (``TrainConfig(cuda_graphs=True)``) keeps up to three graphs in one shared memory
-pool: the D step, the D step with the lazy R1 penalty (a separate graph, not a branch) and the
-G step with the EMA update.
+The trainer (``TrainConfig(cuda_graphs=True)``) keeps its graphs in one shared memory pool:
+the D step, the D step with the lazy R1 penalty (a separate graph, not a branch) and the G
+step with the EMA update; StyleGAN2's trainer adds the G step with the lazy path-length
+penalty (again a graph of its own).
 
 How a step is captured (``CapturedStep``):
 
@@ -339,15 +340,18 @@ def capture_step(fn: Callable, *example_inputs: torch.Tensor, warmup: int = WARM
 # ----------------------------------------------------------------------------- trainer support
 
 class TrainerGraphs:
-    """The trainer's steps as CUDA graphs: "d", "d_r1" (the D step with lazy R1) and "g" (the G
-    step with the EMA update), each created on first use, warmed up ``warmup`` times, then
-    captured; all share one memory pool and one side stream. Holds what lives outside the
-    graphs: the static real batch they read, the stats vector they write and the tensor
-    learning rates of the capturable optimizers (``Trainer.set_lr`` fills them in place)."""
+    """The trainer's steps as CUDA graphs: "d", "d_r1" (the D step with lazy R1), "g" (the G
+    step with the EMA update) and, for StyleGAN2, "g_pl" (the G step with lazy path length;
+    ``Trainer.g_graph_kind`` picks the G kind), each created on first use, warmed up ``warmup``
+    times, then captured; all share one memory pool and one side stream. Holds what lives
+    outside the graphs: the static real batch they read, the stats vector they write (the
+    trainer's ``stat_names``) and the tensor learning rates of the capturable optimizers
+    (``Trainer.set_lr`` fills them in place)."""
 
-    def __init__(self, trainer, stat_names: tuple[tuple[str, ...], tuple[str, ...]], warmup: int = WARMUP_STEPS):
+    def __init__(self, trainer, stat_names: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+                 warmup: int = WARMUP_STEPS):
         self.trainer, self.warmup = trainer, warmup
-        self.d_names, self.g_names = stat_names
+        self.d_names, self.g_names = stat_names or trainer.stat_names
         self.steps: dict[str, CapturedStep] = {}
         self._first: CapturedStep | None = None
         self.lrs = (trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])
@@ -415,7 +419,7 @@ class TrainerGraphs:
             stats = self.trainer._g_update(self.n, set_to_none=False)
             buf.copy_(torch.stack([stats[k].float() for k in self.g_names]))
 
-        self.run("g", g_graph_step)
+        self.run(self.trainer.g_graph_kind(), g_graph_step)
 
     # -- what the graphs read
 

@@ -25,7 +25,11 @@ probability p ``ada.AdaController`` adjusts from the D steps' real logits (every
 p += sign(mean(sign(D(real))) - ada_target) * batch * 4 / (ada_kimg * 1000), clamped to [0, 1]);
 R1 is taken through either. p and the controller's accumulators are checkpointed.
 Precision: with ``amp`` (CUDA) the top 4 resolutions of G and D run in bfloat16 with the conv
-clamp 256 (the models do it per block; no autocast). No CUDA graphs for these steps yet.
+clamp 256 (the models do it per block; no autocast).
+CUDA graphs (``cuda_graphs``): the D step, the D step with lazy R1, the G step and the G step
+with lazy path length are four graphs (R1 + R2 on every step: one D graph), each step's
+regularisers captured with it; ADA reads its padding on the host, so ``augment="ada"`` runs
+eager steps (with a warning), as does a conditional run.
 """
 from __future__ import annotations
 
@@ -62,7 +66,7 @@ class StyleGAN2Trainer(Trainer):
     """The Trainer with StyleGAN2's models and recipe (see the module doc)."""
 
     resolutions = STYLEGAN2_RESOLUTIONS
-    supports_graphs = False
+    stat_names = (Trainer.stat_names[0], Trainer.stat_names[1] + ("pl_penalty", "pl_mean"))
 
     def _build_models(self):
         cfg = self.cfg
@@ -191,6 +195,24 @@ class StyleGAN2Trainer(Trainer):
 
     def _pl_due(self) -> bool:
         return self.cfg.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def _graphs_unsupported(self) -> str | None:
+        if self.cfg.augment == "ada":
+            return ("cuda_graphs: --augment ada reads its reflect padding on the host every augmented batch, which "
+                    "a CUDA graph cannot replay; running eager steps")
+        return super()._graphs_unsupported()
+
+    @property
+    def graph_kinds(self) -> tuple[str, ...]:
+        """The D kinds (``Trainer.graph_kinds``), "g" (G step + EMA) and "g_pl" (with lazy path length)."""
+        cfg = self.cfg
+        g = ("g",) if cfg.pl_weight == 0 else ("g_pl",) if cfg.pl_interval == 1 else ("g", "g_pl")
+        return self._d_graph_kinds() + g
+
+    def g_graph_kind(self) -> str:
+        return "g_pl" if self._pl_due() else "g"
 
     def _g_update(self, n: int, set_to_none: bool = True) -> dict:
         cfg = self.cfg

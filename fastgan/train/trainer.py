@@ -128,7 +128,7 @@ class Trainer:
     (this loop with StyleGAN2's models, style mixing, path length and EMA half-life)."""
 
     resolutions = RESOLUTIONS      # the image sizes this trainer's models take
-    supports_graphs = True         # the D, D+R1 and G steps can be captured (graphs.TrainerGraphs)
+    stat_names = (D_STATS, G_STATS)  # what a D step and a G step report (graph mode: their stats slots)
     # model name -> its Trainer subclass (registered by fastgan.train.stylegan2, imported by fastgan.train)
     model_trainers: dict = {}
 
@@ -208,12 +208,8 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_graphs = False
         if cfg.cuda_graphs:
-            if cfg.conditional:
-                why = "cuda_graphs: no captured conditional steps yet; running eager steps"
-            elif not self.supports_graphs:
-                why = f"cuda_graphs: no captured steps for model {cfg.model} yet; running eager steps"
-            else:
-                why = graph_util.graph_blocker(self.device, self.dist.world_size, {"G": self.G, "D": self.D})
+            why = self._graphs_unsupported() or graph_util.graph_blocker(self.device, self.dist.world_size,
+                                                                         {"G": self.G, "D": self.D})
             if why:
                 warnings.warn(why, RuntimeWarning, stacklevel=2)
             use_graphs = why is None
@@ -223,7 +219,7 @@ class Trainer:
         self.gp_eps = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + 2 + self.dist.rank)
         self._ema_decay = torch.zeros((), device=self.device)  # filled before every G step
         # graph mode (None: eager steps): the captured steps and their static buffers
-        self.graphs = graph_util.TrainerGraphs(self, (D_STATS, G_STATS)) if use_graphs else None
+        self.graphs = graph_util.TrainerGraphs(self) if use_graphs else None
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         self.step = 0            # completed G steps
         self.d_steps = 0         # completed D steps (drives the lazy R1 schedule)
@@ -582,14 +578,28 @@ class Trainer:
         """The trainer's own generators the steps draw from (a CUDA graph registers them)."""
         return (self.noise, self.gp_eps) if self.cfg.penalty == "wgan-gp" else (self.noise,)
 
+    def _graphs_unsupported(self) -> str | None:
+        """Why this configuration has no captured steps (a warning ending in "running eager
+        steps"), or None; ``graphs.graph_blocker`` adds the reasons of the device and the modules."""
+        if self.cfg.conditional:
+            return "cuda_graphs: no captured conditional steps yet; running eager steps"
+        return None
+
     @property
     def graph_kinds(self) -> tuple[str, ...]:
         """The captured steps this configuration uses: "d" (plain D step), "d_r1" (D step with
         lazy R1), "g" (G step + EMA)."""
+        return self._d_graph_kinds() + ("g",)
+
+    def _d_graph_kinds(self) -> tuple[str, ...]:
         cfg = self.cfg
         if cfg.penalty != "r1":
-            return ("d", "g")
-        return ("d_r1", "g") if cfg.reg_interval == 1 else ("d", "d_r1", "g")
+            return ("d",)
+        return ("d_r1",) if cfg.reg_interval == 1 else ("d", "d_r1")
+
+    def g_graph_kind(self) -> str:
+        """The captured G step the coming G step replays (one of ``graph_kinds``)."""
+        return "g"
 
     @property
     def graphs_ready(self) -> bool:
@@ -911,7 +921,7 @@ class RunLog:
     def _drain(self, wait_all: bool = False) -> None:
         if self.pending is not None:
             for step, values, step_ms, t_host in self.pending.ready(wait_all):
-                values = dict(zip(D_STATS + G_STATS, values))
+                values = dict(zip(self.trainer.stat_names[0] + self.trainer.stat_names[1], values))
                 due, computed = self.kinds.pop(step)
                 if due:
                     self._emit(values, step, t_host, step_ms, computed)
