@@ -365,6 +365,9 @@ def test_r1_plus_r2_on_every_step(tmp_path):
     stats = [t._d_update(real, r1=False) for _ in range(2)]
     assert stats[0]["penalty"].item() == pytest.approx(expected, rel=1e-6)
     assert stats[1]["penalty"].item() > 0
+    logged = Trainer(sg_config(tmp_path / "log", penalty="r1+r2", steps=2, pl_weight=0.0))
+    logged.train()  # every record carries the step's penalty
+    assert [h["penalty_step"] for h in logged.history] == [1, 2] and all(h["penalty"] > 0 for h in logged.history)
 
 
 @pytest.mark.long  # 445 s on this 2-core machine (loaded): FASTGAN_LONG_TESTS=1

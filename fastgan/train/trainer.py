@@ -870,7 +870,7 @@ class RunLog:
         """Whether one of the step's D steps computed the penalty (WGAN-GP: each; lazy R1: every
         ``reg_interval``-th D step); ``train_step`` returns that D step's penalty."""
         cfg, last = self.cfg, self.trainer.d_steps
-        return cfg.penalty == "wgan-gp" or (cfg.penalty == "r1" and any(
+        return cfg.penalty in ("wgan-gp", "r1+r2") or (cfg.penalty == "r1" and any(
             d % cfg.reg_interval == 0 for d in range(last - cfg.n_critic, last)))
 
     def step(self, step: int, stats: dict, due: bool) -> None:
@@ -904,16 +904,20 @@ class RunLog:
         rec = dict({"step": step, "kind": "eval"}, **fields, time_s=now - self.t_start)
         self.t_last += fields.get("eval_s", 0.0)  # the next record's step time: training only
         self.trainer.eval_history.append(rec)
+        self._write(rec, step, skip=("step", "time_s"), prefix="eval/")
+        head = next((k for k in ("fid", "kid", "precision") if rec.get(k) is not None), None)
+        self.eval_postfix = {head: f"{rec[head]:.4g}"} if head else {}  # shown from the next record on
+
+    def _write(self, rec: dict, step: int, skip: tuple, prefix: str = "") -> None:
+        """Rank 0: append ``rec`` to log.jsonl; its numbers (but ``skip``) to TensorBoard as ``prefix + key``."""
         if not self.main:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
-                if k not in ("step", "time_s") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"eval/{k}", v, step)
-        head = next((k for k in ("fid", "kid", "precision") if rec.get(k) is not None), None)
-        self.eval_postfix = {head: f"{rec[head]:.4g}"} if head else {}  # shown from the next record on
+                if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(prefix + k, v, step)
 
     def flush(self) -> None:
         self._drain(wait_all=True)
@@ -947,16 +951,9 @@ class RunLog:
         bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
         if bad and self.trainer.diverged is None:
             self.trainer.diverged = f"non-finite losses at step {step} ({', '.join(bad)})"
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if k not in ("step", "penalty", "penalty_step") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            if "penalty" in rec:
-                self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
+        self._write(rec, step, skip=("step", "penalty", "penalty_step"))
+        if self.tb is not None and "penalty" in rec:
+            self.tb.add_scalar("penalty", rec["penalty"], rec["penalty_step"])
         if self.bar is not None:
             self.bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
                                  img_s=f"{rec['images_per_s']:.0f}", **self.trainer.progress_fields(rec),
