@@ -9,6 +9,12 @@
    pointers divisible by 16 carry that hint), and ptxas (Triton's own) reports registers,
    spills and shared memory.
 
+The recording also tallies the pre-activations the training step keeps for its backward
+(``z_bytes``, per dtype): ``stored`` is what the conv epilogues write (an activation whose
+derivative needs z: tanh, a clamp), ``avoided`` what they would write if every nonlinear
+epilogue kept z, which fastgan does not: relu / lrelu read act'(y) from the output y, which the
+next layer keeps anyway (``fastgan.functional.conv._act_from_y``).
+
 One record per specialisation: ``kernel``, ``case`` (where the step launches it), ``regs``,
 ``spill_bytes``, ``smem_bytes``, ``mma`` (wgmma / mma.sync / none), ``async_copy`` (tma /
 cp.async / none), ``ctas``, ``sms`` (132), ``occupancy`` (resident warps per SM / 64, from
@@ -47,14 +53,33 @@ def _conv_flops(named: dict) -> int:
         return 0
 
 
-def record(resolution: int = 64, batch: int = 64, width: int = 64) -> list:
-    """The launches of one iteration, float32 then bf16 autocast (run with FASTGAN_BACKEND=interpret)."""
+def _tally_saved_z(conv, tally: dict, where: dict):
+    """A wrapper of ``conv._conv_act`` that adds the bytes of each pre-activation the backward
+    needs to ``tally[dtype]``: "stored" (z kept) or "avoided" (act' read from y instead)."""
+    import torch
+
+    original = conv._conv_act
+
+    def counting(x, w, b, geom, spec):
+        y = original(x, w, b, geom, spec)
+        wanted = (conv._needs_z(spec) and torch.is_grad_enabled()
+                  and any(t is not None and t.requires_grad for t in (x, w, b)))
+        if wanted:
+            entry = tally.setdefault(where["dtype"], {"stored": 0, "avoided": 0})
+            entry["avoided" if conv._act_from_y(spec) else "stored"] += y.numel() * y.element_size()
+        return y
+    return original, counting
+
+
+def record(resolution: int = 64, batch: int = 64, width: int = 64, z_bytes: dict | None = None) -> list:
+    """The launches of one iteration, float32 then bf16 autocast (run with FASTGAN_BACKEND=interpret);
+    ``z_bytes`` (a dict) receives the pre-activation tally per dtype (module doc)."""
     import torch
     from triton.runtime.jit import KernelInterface
 
     from fastgan.train import Trainer, TrainConfig
 
-    specs, where = [], {"case": ""}
+    specs, where = [], {"case": "", "dtype": ""}
     original = KernelInterface.__getitem__
 
     def recording_getitem(self, grid):
@@ -108,9 +133,14 @@ def record(resolution: int = 64, batch: int = 64, width: int = 64) -> list:
     conv = importlib.import_module("fastgan.kernels.conv")
     patched.append((conv, "_use_tf32", conv._use_tf32))
     conv._use_tf32 = lambda x: x.dtype in (torch.float16, torch.bfloat16, torch.float32)  # cuDNN's default on
+    functional_conv = importlib.import_module("fastgan.functional.conv")
+    original_conv_act, counting = _tally_saved_z(functional_conv, {} if z_bytes is None else z_bytes, where)
+    patched.append((functional_conv, "_conv_act", original_conv_act))
+    functional_conv._conv_act = counting
     KernelInterface.__getitem__ = recording_getitem
     try:
         for dtype in ("float32", "bfloat16"):
+            where["dtype"] = dtype
             cfg = TrainConfig(resolution=resolution, loss="wgan", penalty="wgan-gp", z_dim=128, g_width=width,
                               d_width=width, batch_size=batch, n_embedded=batch, device="cpu", amp=False,
                               progress=False, out=os.devnull)
@@ -216,9 +246,11 @@ def _python(code: str, interpret: bool, payload: str | None = None) -> str:
 def run(resolution: int = 64, batch: int = 64, width: int = 64, limit: int | None = None) -> dict:
     """Record in an interpreter process, compile in a compiled-mode process; ``limit``: compile
     only the first N distinct specialisations (the CI smoke test)."""
-    out = _python("import json; from fastgan.benchmarks.static import record; "
-                  f"print('SPECS ' + json.dumps(record({resolution}, {batch}, {width})))", interpret=True)
+    out = _python("import json; from fastgan.benchmarks.static import record; z = {}; "
+                  f"specs = record({resolution}, {batch}, {width}, z); print('SPECS ' + json.dumps(specs)); "
+                  "print('ZBYTES ' + json.dumps(z))", interpret=True)
     specs = json.loads([ln for ln in out.splitlines() if ln.startswith("SPECS ")][-1][6:])
+    z_bytes = json.loads([ln for ln in out.splitlines() if ln.startswith("ZBYTES ")][-1][7:])
     if limit is not None:
         specs = specs[:limit]
     out = _python("import json, sys; from fastgan.benchmarks.static import compile_specs; "
@@ -229,7 +261,8 @@ def run(resolution: int = 64, batch: int = 64, width: int = 64, limit: int | Non
 
     return {"what": "static sm_90 report of every Triton launch of one DCGAN-64 WGAN-GP iteration",
             "case": f"DCGAN {resolution}x{resolution}, width {width}, batch {batch}, float32 and bf16 autocast",
-            "triton": triton.__version__, "launches": sum(r["launches"] for r in records), "records": records}
+            "triton": triton.__version__, "launches": sum(r["launches"] for r in records), "z_bytes": z_bytes,
+            "records": records}
 
 
 def to_markdown(doc: dict) -> str:
@@ -245,4 +278,7 @@ def to_markdown(doc: dict) -> str:
     spills = [r for r in doc["records"] if r["spill_bytes"]]
     small = [r for r in doc["records"] if r["kernel"] == "_conv_act_kernel" and r["ctas"] < SMS]
     lines.append(f"\nspilling launches: {len(spills)}; conv launches below one wave of {SMS} SMs: {len(small)}")
+    for dtype, z in doc.get("z_bytes", {}).items():
+        lines.append(f"pre-activations kept for the backward per iteration ({dtype}): {z['stored'] / 2 ** 20:.1f} MiB "
+                     f"stored, {z['avoided'] / 2 ** 20:.1f} MiB not stored (act' read from y)")
     return "\n".join(lines)

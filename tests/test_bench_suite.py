@@ -380,6 +380,13 @@ def test_static_report_compiles_recorded_launches_for_sm90(tmp_path):
     for r in doc["records"]:
         assert r["regs"] > 0 and r["sms"] == 132 and r["ctas"] >= 1 and r["mma"] in ("wgmma", "mma.sync", "none")
     assert "static sm_90 report" in to_markdown(doc)
+    # pre-activations: G's tanh output is stored (batch 2, 3x32x32); D's lrelu outputs (4x16x16,
+    # 8x8x8, 16x4x4 per image) are not, for its 4 images of the D step, 2 of WGAN-GP's interpolates
+    # and 2 of the G step
+    d_lrelu = 4 * 16 * 16 + 8 * 8 * 8 + 16 * 4 * 4
+    assert doc["z_bytes"]["float32"] == {"stored": 2 * 3 * 32 * 32 * 4, "avoided": 8 * d_lrelu * 4}
+    assert doc["z_bytes"]["bfloat16"] == {"stored": 2 * 3 * 32 * 32 * 2, "avoided": 8 * d_lrelu * 2}
+    assert "MiB not stored" in to_markdown(doc)
 
 
 def test_count_launches_runs_eager_and_fastgan_in_one_run():
