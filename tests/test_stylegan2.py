@@ -271,6 +271,7 @@ def test_stylegan2_trains_and_resumes_exactly(tmp_path):
     for h in full.history:
         assert all(math.isfinite(h[k]) for k in ("d_loss", "g_loss", "penalty", "pl_penalty") if k in h), h
     assert [h["kimg"] for h in full.history] == [0.004, 0.008, 0.012] and full.history[-1]["s_per_kimg"] > 0
+    assert len({h["d_acc"] for h in full.history}) > 1  # D's accuracy moves
     # lazy R1 on d_steps 0 and 2: a record carries the penalty only where it was computed
     assert full.history[0]["penalty"] > 0 and "penalty" not in full.history[1] and full.history[2]["penalty"] > 0
     assert full.history[0]["pl_penalty"] > 0 and full.history[1]["pl_penalty"] == 0
