@@ -1,6 +1,7 @@
 """The StyleGAN cases of the benchmark suite: every op case builds and its eager reference runs on
 the CPU (tiny sizes), fastgan says why it needs CUDA, a CUDA quick run keeps four of them; the
 StyleGAN2 D step with R1 and G step with path length compute the reference's gradients."""
+import pytest
 import torch
 
 from fastgan.benchmarks import run
@@ -44,3 +45,25 @@ def test_stylegan2_trainer_steps_run_on_the_cpu():
         fns = case.make(torch.device("cpu"), torch.float32)
         assert "needs CUDA" in fns["fastgan"] and fns["fastgan+graphs"] == "CUDA graphs need a CUDA device"
         fns["eager"].build()()
+
+
+@pytest.mark.filterwarnings("ignore:capture_step")
+def test_graphed_step_provider_says_why_it_cannot_time():
+    """The fastgan+graphs provider (``cases_steps.graphed_step``) on a CPU: a trainer that runs
+    eager steps is named with its warning; one whose graphs never capture is refused."""
+    from fastgan.benchmarks.cases_steps import graphed_step
+    from fastgan.benchmarks.cases_stylegan import SG2_TINY, _sg2_trainer
+    from fastgan.train import graphs as G
+
+    net = {k: v for k, v in SG2_TINY.items() if k not in ("res", "batch")}
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+
+    def build(emulate=False):
+        tr = _sg2_trainer(torch.device("cpu"), 16, 4, net, False, "none", 0.0, (1, 1), cuda_graphs=True)
+        if emulate:  # the graph bookkeeping with eager CapturedSteps (nothing captures on a CPU)
+            tr.graphs = G.TrainerGraphs(tr)
+        return tr
+
+    assert graphed_step(build, "d", real) == f"CUDA graphs unavailable: {G.CPU_FALLBACK_MESSAGE}"
+    assert graphed_step(lambda: build(emulate=True), "d", real) == (
+        f"CUDA graphs: nothing was captured after {G.WARMUP_STEPS + 2} calls")
