@@ -196,6 +196,55 @@ def test_color_transforms(device):
     assert_close(y.abs(), grey, F64, "grey level")  # the luma flip negates it, nothing else changes it
 
 
+# ----------------------------------------------------------------------------- capturable form
+
+def test_capturable_form_matches_the_host_read_form(device):
+    """p as a 0-d tensor: the same draw (p = 1, every transform) gives the host-read form's
+    images to rounding although the batch is padded by the maximum; a sample with the identity
+    map keeps its pixels exactly; the second order holds; p = 0 draws and changes nothing."""
+    x = image(device, n=4, s=8)
+    p1 = torch.ones((), dtype=F64, device=device)
+    with fastgan.use_backend("eager"):
+        y_host = ada_augment(x, 1.0, gen(device, 9))
+        y_cap = ada_augment(x, p1, gen(device, 9))
+        assert_close(y_cap, y_host, F64, "maximum padding", tol=1e-12)
+        prm = sample_params(4, 8, 1.0, gen(device, 2), device, transforms=GEOMETRIC)
+        prm.geom[1] = torch.eye(3, dtype=F64, device=device)
+        y = apply_params(x, prm, capturable=True)
+        assert torch.equal(y[1], x[1]) and (y[0] - x[0]).abs().max() > 1e-3
+        xg = image(device, n=1, s=4).requires_grad_(True)
+        assert torch.autograd.gradgradcheck(lambda t: ada_augment(t, p1, gen(device, 5)), (xg,), fast_mode=True)
+        g = gen(device)
+        state = g.get_state()
+        assert torch.equal(ada_augment(x, torch.zeros((), dtype=F64, device=device), g), x)
+        assert not torch.equal(g.get_state(), state)  # drawn: a graph replays the same work at any p
+    with pytest.raises(ValueError, match="0-d floating-point tensor"):
+        ada_augment(x, torch.ones(1, device=device))
+
+
+def test_capturable_controller_moves_p_exactly_as_the_host_form():
+    """The device arithmetic (no host read) against the host form, over random logits and
+    several intervals, p clamped at 0 and 1 on the way; state_dicts load across the forms."""
+    torch.manual_seed(0)
+    logits = [torch.randn(8) * 2 + (3.0 if i < 12 else -3.0) for i in range(30)]
+    host = AdaController(batch_size=8, target=0.6, kimg=0.05, p=0.7)
+    cap = AdaController(batch_size=8, target=0.6, kimg=0.05, p=0.7, capturable=True)
+    seen = set()
+    for i, t in enumerate(logits):
+        host.accumulate(t)
+        cap.accumulate(t)
+        assert cap.p == host.p and cap.last_r == host.last_r and cap.state_dict() == host.state_dict(), i
+        seen.add(host.p)
+    assert {0.0, 1.0} <= seen  # both clamps reached
+    assert isinstance(cap.p_arg, torch.Tensor) and cap.p_arg.dim() == 0 and host.p_arg == host.p
+    for a, b in ((host, AdaController(8, capturable=True)), (cap, AdaController(8))):
+        b.load_state_dict(a.state_dict())
+        assert b.state_dict() == a.state_dict()
+    tensors = cap._state, cap._acc
+    cap.load_state_dict(host.state_dict())
+    assert (cap._state, cap._acc) == tensors  # in place: a captured graph keeps reading them
+
+
 # ----------------------------------------------------------------------------- adaptive p
 
 def test_controller_moves_p_by_the_step_per_interval():

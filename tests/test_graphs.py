@@ -658,12 +658,16 @@ def _sg2_cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.filterwarnings("ignore:capture_step")
-def test_stylegan2_graph_mode_step_logic_on_cpu_is_bitwise_eager(tmp_path):
+@pytest.mark.filterwarnings("ignore:capture_step", "ignore:cuda_graphs=True needs a CUDA device")
+@pytest.mark.parametrize("augment", ["diffaug", "ada"])
+def test_stylegan2_graph_mode_step_logic_on_cpu_is_bitwise_eager(tmp_path, augment):
     """StyleGAN2's graph bookkeeping (CapturedStep runs eagerly on a CPU): four kinds, D and G
-    stats slots with the path-length values, the lazy schedules picking the graphs."""
-    tg = _emulate_graph_mode(Trainer(_sg2_cfg(tmp_path / "g")))
-    te = Trainer(_sg2_cfg(tmp_path / "e"))
+    stats slots with the path-length values, the lazy schedules picking the graphs; ADA in its
+    capturable form (both trainers are cuda_graphs ones, whose eager fallback uses it too), its p
+    moving (adjusted every 4 D steps)."""
+    kw = dict(augment=augment, cuda_graphs=True, ada_p=0.5, ada_kimg=0.05)
+    tg = _emulate_graph_mode(Trainer(_sg2_cfg(tmp_path / "g", **kw)))
+    te = Trainer(_sg2_cfg(tmp_path / "e", **kw))
     assert tg.graphs.g_names == G_STATS + ("pl_penalty", "pl_mean")
     assert tg.graph_kinds == ("d", "d_r1", "g", "g_pl")
     batches = [torch.stack([te.dataset[j][0] for j in range(i * 4, i * 4 + 4)]) for i in range(4)]
@@ -678,6 +682,8 @@ def test_stylegan2_graph_mode_step_logic_on_cpu_is_bitwise_eager(tmp_path):
     for name in ("G", "D", "G_ema"):
         assert torch.equal(flat(getattr(tg, name)), flat(getattr(te, name))), name
     assert torch.equal(tg.pl_mean, te.pl_mean) and torch.equal(tg.noise.get_state(), te.noise.get_state())
+    if augment == "ada":
+        assert tg.ada.capturable and tg.ada.state_dict() == te.ada.state_dict() and tg.ada.p != 0.5
 
 
 def test_stylegan2_graph_kinds_and_blockers(tmp_path):
@@ -687,10 +693,13 @@ def test_stylegan2_graph_kinds_and_blockers(tmp_path):
     assert kinds(penalty="r1+r2") == ("d", "g", "g_pl")
     assert kinds(reg_interval=1, pl_interval=1) == ("d_r1", "g_pl")
     assert kinds(penalty="none", pl_weight=0.0) == ("d", "g")
-    # ADA's host-read padding: a clear warning (before the CPU's), eager steps
-    with pytest.warns(RuntimeWarning, match="--augment ada reads its reflect padding on the host"):
+    # ADA: capturable with cuda_graphs (here the CPU's fallback warning, eager steps), not without
+    with pytest.warns(RuntimeWarning, match=re.escape(G.CPU_FALLBACK_MESSAGE)):
         t = Trainer(_sg2_cfg(tmp_path / "ada", augment="ada", cuda_graphs=True))
-    assert t.graphs is None
+    assert t.graphs is None and t.ada.capturable
+    assert not Trainer(_sg2_cfg(tmp_path / "ada2", augment="ada")).ada.capturable
+    with pytest.warns(RuntimeWarning, match="no captured conditional steps yet"):
+        Trainer(_sg2_cfg(tmp_path / "cond", conditional=True, cuda_graphs=True))
 
 
 def _sg2_gpu_pair(tmp_path, steps, **kw):
@@ -713,15 +722,19 @@ def _sg2_gpu_pair(tmp_path, steps, **kw):
 
 
 @gpu
-@pytest.mark.parametrize("fused", [True, False])
-def test_gpu_stylegan2_graphs_match_eager(tmp_path, exact_cuda, fused):
+@pytest.mark.parametrize("fused,augment", [(True, "diffaug"), (False, "diffaug"), (True, "ada"), (False, "ada")])
+def test_gpu_stylegan2_graphs_match_eager(tmp_path, exact_cuda, fused, augment):
     """The four StyleGAN2 graphs (D, D + lazy R1, G, G + lazy path length) against eager steps:
-    weights, EMA, pl_mean, every logged value, and the noise generator's consumption."""
-    tg, te, hist = _sg2_gpu_pair(tmp_path, 4 * (G.WARMUP_STEPS + 2), fused=fused)
+    weights, EMA, pl_mean, every logged value, the noise generator's consumption and (ADA, its
+    capturable form in both) p, adjusted inside the D graph."""
+    tg, te, hist = _sg2_gpu_pair(tmp_path, 4 * (G.WARMUP_STEPS + 2), fused=fused, augment=augment, ada_p=0.3,
+                                 ada_kimg=0.1)
     assert tg.graphs.captured == ["d", "d_r1", "g", "g_pl"] and tg.graphs_ready
     _assert_same_run(tg, te, hist["g"], hist["e"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tg.pl_mean, te.pl_mean, rtol=1e-5, atol=1e-7)
     assert torch.equal(tg.noise.get_state(), te.noise.get_state()), "same noise consumption"
+    if augment == "ada":
+        assert tg.ada.state_dict() == te.ada.state_dict() and tg.ada.p != 0.3
 
 
 @gpu

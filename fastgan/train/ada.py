@@ -39,12 +39,20 @@ F.conv2d, F.grid_sample, whose second order with respect to the image torch prov
 take the same parameters. The padding is read on the host: one synchronisation per call with
 geometric transforms.
 
+Capturable form (p a 0-d device tensor; the trainer's with ``cuda_graphs``): no host reads, so
+a CUDA graph can replay it. The parameters are always drawn (also at p = 0), the batch is
+padded by the maximum (W - 1 a side), which reads the same pixels where the batch's maps
+reach less far (the resampled values agree to rounding; the padded area is up to 9x larger),
+and a sample that drew no geometric transform keeps its pixels exactly.
+
 Adaptive p (``AdaController``): every ``interval`` (4) D steps,
 
     r = mean(sign(D(real))) over those steps' real logits,
     p <- clamp(p + sign(r - target) * batch * interval / (kimg * 1000), 0, 1)
 
-with the defaults target 0.6 and kimg 500 (p can go from 0 to 1 in 500k real images).
+with the defaults target 0.6 and kimg 500 (p can go from 0 to 1 in 500k real images). With
+``capturable=True`` p, the accumulators and the step count live on the device and the
+adjustment is computed there at every call (applied where the interval is complete).
 """
 from __future__ import annotations
 
@@ -117,10 +125,11 @@ def _translate2(tx, ty):
     return m
 
 
-def sample_params(n: int, size: int, p: float, generator: torch.Generator | None = None, device="cpu",
+def sample_params(n: int, size: int, p, generator: torch.Generator | None = None, device="cpu",
                   transforms=TRANSFORMS) -> AdaParams:
     """Draw the parameters of ``transforms`` (module doc) for n images of size x size, each
-    transform applied with probability p; everything from ``generator`` (on ``device``)."""
+    transform applied with probability p (a number, or a 0-d tensor on ``device``); everything
+    from ``generator`` (on ``device``)."""
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown ADA transforms {unknown}; expected some of {TRANSFORMS}")
@@ -149,7 +158,7 @@ def sample_params(n: int, size: int, p: float, generator: torch.Generator | None
     geom = None
     if on & set(GEOMETRIC):  # M^-1, the product of the inverses (each transform's in turn)
         geom = _eye(n, 3, device)
-        p_rot = 1 - math.sqrt(max(1 - p, 0.0))
+        p_rot = (1 - (1 - p).clamp(min=0).sqrt()) if isinstance(p, torch.Tensor) else 1 - math.sqrt(max(1 - p, 0.0))
         if "scale" in on:
             s = torch.where(gate(), torch.exp(0.2 * _LOG2 * normal()), 1.0)
             geom = geom @ _scale2(1 / s, 1 / s)
@@ -267,25 +276,29 @@ def _sample(x, grid, fused):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool) -> torch.Tensor:
+def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool, capturable: bool = False) -> torch.Tensor:
     """Pad (reflect), upsample 2x, resample at M^-1 of the output's upsampled pixel centres (and
-    ``_MARGIN`` beyond), downsample 2x (module doc)."""
+    ``_MARGIN`` beyond), downsample 2x (module doc); ``capturable``: pad by the maximum, no host
+    read, samples with the identity map unchanged."""
     n, c, s, _ = x.shape
     k = 2 * s + 2 * _MARGIN
     # upsampled output pixel j sits at output position (j - _MARGIN - _PHASE) / 2; centred:
     centred = (torch.arange(k, dtype=torch.float64, device=x.device) - _MARGIN - _PHASE) / 2 - (s - 1) / 2
     lo, hi = (-_MARGIN - _PHASE) / 2 - (s - 1) / 2, (k - 1 - _MARGIN - _PHASE) / 2 - (s - 1) / 2  # centred[0], [-1]
     corners = torch.tensor([[lo, lo, hi, hi], [lo, hi, lo, hi], [1.0] * 4], dtype=torch.float64, device=x.device)
-    reach = (geom[:, :2] @ corners).transpose(0, 1).reshape(2, -1) + (s - 1) / 2  # input positions, per axis
-    moved = geom.ne(torch.eye(3, dtype=geom.dtype, device=geom.device)).any().double()
-    x_lo, y_lo, x_hi, y_hi, moved = torch.cat([reach.amin(1), reach.amax(1), moved[None]]).tolist()  # one sync
-    if not moved:  # no sample drew a geometric transform: nothing to resample
-        return x
-    # every input pixel the bilinear taps' upsampled pixels are made of (the filter reaches 3 input pixels
-    # each way), plus _PAD_SLACK; at most s - 1 a side (one reflection; beyond it zeros)
-    cap = s - 1
-    left, top = (min(max(math.ceil(2.75 + _PAD_SLACK - v), 0), cap) for v in (x_lo, y_lo))
-    right, bottom = (min(max(math.ceil(v - s + 4.25 + _PAD_SLACK), 0), cap) for v in (x_hi, y_hi))
+    cap = s - 1  # the most reflect padding a side (one reflection; beyond it zeros)
+    if capturable:
+        left = top = right = bottom = cap
+    else:
+        reach = (geom[:, :2] @ corners).transpose(0, 1).reshape(2, -1) + (s - 1) / 2  # input positions, per axis
+        moved = geom.ne(torch.eye(3, dtype=geom.dtype, device=geom.device)).any().double()
+        x_lo, y_lo, x_hi, y_hi, moved = torch.cat([reach.amin(1), reach.amax(1), moved[None]]).tolist()  # one sync
+        if not moved:  # no sample drew a geometric transform: nothing to resample
+            return x
+        # every input pixel the bilinear taps' upsampled pixels are made of (the filter reaches 3 input pixels
+        # each way), plus _PAD_SLACK
+        left, top = (min(max(math.ceil(2.75 + _PAD_SLACK - v), 0), cap) for v in (x_lo, y_lo))
+        right, bottom = (min(max(math.ceil(v - s + 4.25 + _PAD_SLACK), 0), cap) for v in (x_hi, y_hi))
     rows = _reflect(torch.arange(-top, s + bottom, device=x.device), s)
     cols = _reflect(torch.arange(-left, s + right, device=x.device), s)
     xp = x.index_select(2, rows).index_select(3, cols)
@@ -298,7 +311,11 @@ def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool) -> torch.Tensor
     grid = torch.stack([(4 * (src[..., 0] + left) + 2 * _PHASE + 1) / (2 * wp) - 1,
                         (4 * (src[..., 1] + top) + 2 * _PHASE + 1) / (2 * hp) - 1], dim=-1).to(x.dtype)
     f = _filter(x.dtype, x.device)
-    return _down2(_sample(_up2(xp, f, fused), grid, fused), f, fused)
+    out = _down2(_sample(_up2(xp, f, fused), grid, fused), f, fused)
+    if capturable:  # the identity map keeps its pixels exactly (as the host-read path's skip does)
+        moved = geom.ne(torch.eye(3, dtype=geom.dtype, device=geom.device)).flatten(1).any(1)
+        out = torch.where(moved[:, None, None, None], out, x)
+    return out
 
 
 def _color(x: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
@@ -314,8 +331,9 @@ def _check_image(x):
         raise ValueError(f"ADA augments square images (90-degree rotations), got {x.shape[2]}x{x.shape[3]}")
 
 
-def apply_params(x: torch.Tensor, prm: AdaParams, fused: bool = True) -> torch.Tensor:
-    """The pipeline with the parameters ``prm`` (``sample_params``) on x [N, C, W, W]."""
+def apply_params(x: torch.Tensor, prm: AdaParams, fused: bool = True, capturable: bool = False) -> torch.Tensor:
+    """The pipeline with the parameters ``prm`` (``sample_params``) on x [N, C, W, W]
+    (``capturable``: without host reads, module doc)."""
     _check_image(x)
     if prm.flip.shape[0] != x.shape[0]:
         raise ValueError(f"parameters for {prm.flip.shape[0]} images, got a batch of {x.shape[0]}")
@@ -323,22 +341,29 @@ def apply_params(x: torch.Tensor, prm: AdaParams, fused: bool = True) -> torch.T
         raise ValueError(f"the colour transforms take RGB images (3 channels), got {x.shape[1]}")
     x = _blit(x, prm)
     if prm.geom is not None:
-        x = _geometric(x, prm.geom, fused)
+        x = _geometric(x, prm.geom, fused, capturable)
     if prm.color is not None:
         x = _color(x, prm.color)
     return x
 
 
-def ada_augment(x: torch.Tensor, p: float, generator: torch.Generator | None = None, transforms=TRANSFORMS,
+def ada_augment(x: torch.Tensor, p, generator: torch.Generator | None = None, transforms=TRANSFORMS,
                 fused: bool = True) -> torch.Tensor:
-    """ADA's pipeline (module doc) on x [N, C, W, W], each transform with probability p; p = 0
-    returns x itself (nothing drawn)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+    """ADA's pipeline (module doc) on x [N, C, W, W], each transform with probability p: a
+    number (p = 0 returns x itself, nothing drawn) or a 0-d floating-point tensor on x's device
+    (the capturable form: no host reads; its value is not checked)."""
     _check_image(x)
-    if p == 0:
+    capturable = isinstance(p, torch.Tensor)
+    if capturable:
+        if p.dim() != 0 or not p.is_floating_point() or p.device != x.device:
+            raise ValueError(f"a tensor p must be a 0-d floating-point tensor on {x.device}, got shape "
+                             f"{tuple(p.shape)}, {p.dtype} on {p.device}")
+    elif isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+    if not capturable and p == 0:
         return x
-    return apply_params(x, sample_params(x.shape[0], x.shape[2], p, generator, x.device, transforms), fused)
+    prm = sample_params(x.shape[0], x.shape[2], p, generator, x.device, transforms)
+    return apply_params(x, prm, fused, capturable)
 
 
 # ----------------------------------------------------------------------------- adaptive p
@@ -348,10 +373,16 @@ class AdaController:
 
     Call ``accumulate(real_logits)`` after every D step; every ``interval``-th call adjusts
     ``p`` (one host read). ``reduce`` (e.g. a sum over data-parallel ranks) is applied to each
-    step's (sum of signs, count) so that every rank holds the same accumulators and p."""
+    step's (sum of signs, count) so that every rank holds the same accumulators and p.
+
+    ``capturable=True``: p, the accumulators, the step count and the last r are device tensors
+    changed in place, and ``accumulate`` reads nothing on the host (a CUDA graph can replay it);
+    the same arithmetic in float64, so p moves exactly as in the host form. Pass ``p_arg`` to
+    ``ada_augment``: the tensor p then, the number p otherwise; ``p`` is always a number (a host
+    read in the capturable form)."""
 
     def __init__(self, batch_size: int, target: float = 0.6, kimg: float = 500.0, p: float = 0.0,
-                 interval: int = ADA_INTERVAL, device="cpu", reduce=None):
+                 interval: int = ADA_INTERVAL, device="cpu", reduce=None, capturable: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
@@ -363,16 +394,36 @@ class AdaController:
         if not (_number(p) and 0 <= p <= 1):
             raise ValueError(f"ada p must be a number in [0, 1], got {p!r}")
         self.batch_size, self.target, self.kimg, self.interval = batch_size, float(target), float(kimg), interval
-        self.p = float(p)
-        self.reduce = reduce
+        self.reduce, self.capturable = reduce, bool(capturable)
         self._acc = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of signs, count)
-        self._steps = 0  # D steps accumulated since the last adjustment
-        self.last_r = None  # the r of the last adjustment
+        if self.capturable:  # (p, D steps since the last adjustment, the last r or NaN)
+            self._state = torch.tensor([float(p), 0.0, math.nan], dtype=torch.float64, device=device)
+        else:
+            self._p = float(p)
+            self._steps = 0  # D steps accumulated since the last adjustment
+            self._last_r = None  # the r of the last adjustment
 
     @property
     def step_size(self) -> float:
         """How far one adjustment moves p: batch * interval / (kimg * 1000)."""
         return self.batch_size * self.interval / (self.kimg * 1000)
+
+    @property
+    def p(self) -> float:
+        return float(self._state[0]) if self.capturable else self._p
+
+    @property
+    def last_r(self) -> float | None:
+        """The r of the last adjustment (None before the first)."""
+        if not self.capturable:
+            return self._last_r
+        r = float(self._state[2])
+        return None if math.isnan(r) else r
+
+    @property
+    def p_arg(self):
+        """The p to pass to ``ada_augment``: a 0-d device tensor (capturable) or the number."""
+        return self._state[0] if self.capturable else self._p
 
     def accumulate(self, real_logits: torch.Tensor) -> None:
         logits = real_logits.detach()
@@ -380,29 +431,53 @@ class AdaController:
         step = torch.stack([logits.sign().sum().double(), count])
         if self.reduce is not None:
             self.reduce(step)
+        if self.capturable:
+            self._accumulate_on_device(step)
+            return
         self._acc = self._acc.to(logits.device) + step
         self._steps += 1
         if self._steps >= self.interval:
             total, count = self._acc.tolist()
-            self.last_r = total / count
-            direction = (self.last_r > self.target) - (self.last_r < self.target)
-            self.p = min(max(self.p + direction * self.step_size, 0.0), 1.0)
+            self._last_r = r = total / count
+            direction = (r > self.target) - (r < self.target)
+            self._p = min(max(self._p + direction * self.step_size, 0.0), 1.0)
             self._acc = torch.zeros_like(self._acc)
             self._steps = 0
 
+    def _accumulate_on_device(self, step: torch.Tensor) -> None:
+        """The host form's arithmetic on the device tensors, in place; the adjustment is applied
+        where the interval is complete."""
+        acc, state = self._acc, self._state
+        acc.add_(step)
+        steps = state[1] + 1
+        due = steps >= self.interval
+        r = acc[0] / acc[1]
+        p = (state[0] + torch.sign(r - self.target) * self.step_size).clamp(0.0, 1.0)
+        adjusted = torch.stack([p, torch.zeros_like(p), r])  # (p, steps, last r) after an adjustment
+        state.copy_(torch.where(due, adjusted, torch.stack([state[0], steps, state[2]])))
+        acc.mul_((~due).double())
+
     def state_dict(self) -> dict:
         total, count = self._acc.tolist()
-        return {"p": self.p, "sign_sum": total, "count": count, "steps": self._steps, "last_r": self.last_r}
+        if self.capturable:
+            p, steps, last_r = self._state.tolist()
+            return {"p": p, "sign_sum": total, "count": count, "steps": int(steps),
+                    "last_r": None if math.isnan(last_r) else last_r}
+        return {"p": self._p, "sign_sum": total, "count": count, "steps": self._steps, "last_r": self._last_r}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a ``state_dict`` (of either form); the capturable form copies into its tensors in place."""
         p = state["p"]
         if not (_number(p) and 0 <= p <= 1):
             raise ValueError(f"ada state: p must be a number in [0, 1], got {p!r}")
-        self.p = float(p)
-        self._acc = torch.tensor([float(state["sign_sum"]), float(state["count"])], dtype=torch.float64,
-                                 device=self._acc.device)
-        self._steps = int(state["steps"])
-        self.last_r = state.get("last_r")
+        acc = torch.tensor([float(state["sign_sum"]), float(state["count"])], dtype=torch.float64)
+        steps, last_r = int(state["steps"]), state.get("last_r")
+        if self.capturable:
+            self._acc.copy_(acc)
+            self._state.copy_(torch.tensor([float(p), float(steps), math.nan if last_r is None else float(last_r)],
+                                           dtype=torch.float64))
+        else:
+            self._p, self._acc, self._steps, self._last_r = float(p), acc.to(self._acc.device), steps, last_r
 
 
 def _number(v) -> bool:

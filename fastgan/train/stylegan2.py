@@ -28,8 +28,8 @@ Precision: with ``amp`` (CUDA) the top 4 resolutions of G and D run in bfloat16 
 clamp 256 (the models do it per block; no autocast).
 CUDA graphs (``cuda_graphs``): the D step, the D step with lazy R1, the G step and the G step
 with lazy path length are four graphs (R1 + R2 on every step: one D graph), each step's
-regularisers captured with it; ADA reads its padding on the host, so ``augment="ada"`` runs
-eager steps (with a warning), as does a conditional run.
+regularisers captured with it; ADA then runs in its capturable form (``ada`` module doc: p on
+the device, the maximum padding). A conditional run warns and runs eager steps.
 """
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ class StyleGAN2Trainer(Trainer):
         self.ada = None  # ADA's probability controller (augment="ada")
         if cfg.augment == "ada":
             self.ada = AdaController(cfg.batch_size, cfg.ada_target, cfg.ada_kimg, cfg.ada_p, device=self.device,
-                                     reduce=lambda t: dist_util.sum_over_ranks_(t, self.dist))
+                                     reduce=lambda t: dist_util.sum_over_ranks_(t, self.dist),
+                                     capturable=cfg.cuda_graphs)  # no host reads (also in an eager fallback)
         return build_stylegan2(cfg.resolution, cfg.z_dim, cfg.z_dim, self.n_classes, cfg.channel_base,
                                cfg.channel_max, cfg.mapping_layers, num_bf16_res=BF16_RESOLUTIONS if self.amp else 0,
                                fused=cfg.fused)
@@ -150,7 +151,7 @@ class StyleGAN2Trainer(Trainer):
         if self.cfg.augment == "diffaug":
             x = diff_augment(x, self.noise)
         elif self.cfg.augment == "ada":
-            x = ada_augment(x, self.ada.p, self.noise, fused=self.cfg.fused)  # fused=False: F.grid_sample
+            x = ada_augment(x, self.ada.p_arg, self.noise, fused=self.cfg.fused)  # fused=False: F.grid_sample
         return self.D(x) if c is None else self.D(x, c)
 
     def _critic(self, labels: torch.Tensor | None):
@@ -197,12 +198,6 @@ class StyleGAN2Trainer(Trainer):
         return self.cfg.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
 
     # ------------------------------------------------------------------ CUDA graphs
-
-    def _graphs_unsupported(self) -> str | None:
-        if self.cfg.augment == "ada":
-            return ("cuda_graphs: --augment ada reads its reflect padding on the host every augmented batch, which "
-                    "a CUDA graph cannot replay; running eager steps")
-        return super()._graphs_unsupported()
 
     @property
     def graph_kinds(self) -> tuple[str, ...]:
