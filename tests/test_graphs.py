@@ -10,6 +10,7 @@ import copy
 import gc
 import io
 import re
+import traceback
 
 import pytest
 import torch
@@ -743,3 +744,36 @@ def test_gpu_stylegan2_graphs_bf16_blocks(tmp_path, exact_cuda):
     tg, te, hist = _sg2_gpu_pair(tmp_path, 4 * (G.WARMUP_STEPS + 2), amp=True, fused=True)
     assert tg.graphs_ready
     _assert_same_run(tg, te, hist["g"], hist["e"], rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.filterwarnings("ignore:cuda_graphs=True needs a CUDA device")
+@pytest.mark.parametrize("model", ["dcgan", "stylegan2"])
+def test_steps_copy_nothing_from_the_host_after_warm_up(tmp_path, monkeypatch, model):
+    """A captured step must not build device tensors from host data (``torch.tensor(..., device=)``
+    copies from pageable memory: a replay would read freed memory). After one warm-up iteration
+    (where constants are made once and cached), the steps of a cuda_graphs trainer, every lazy
+    kind included (StyleGAN2: ADA's capturable form, path length), make none. The DCGAN runs
+    fastgan's ops (their launchers in the Triton interpreter), the StyleGAN2 plain torch (its
+    fused ops' launchers make no tensors from host data either: no torch.tensor call in them)."""
+    if model == "dcgan":
+        t = Trainer(tiny(tmp_path, cuda_graphs=True, penalty="r1", reg_interval=2, batch_size=2, g_width=4,
+                         d_width=4))
+    else:
+        t = Trainer(_sg2_cfg(tmp_path, cuda_graphs=True, augment="ada", ada_p=0.5))
+    n = t.cfg.batch_size
+    batches = [torch.stack([t.dataset[j][0] for j in range(i * n, i * n + n)]) for i in range(3)]
+    t.train_step([batches[0]])
+    copies = []
+
+    def spy(make):
+        def made(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                copies.append("".join(traceback.format_stack(limit=4)[:-1]))
+            return make(*args, **kwargs)
+        return made
+
+    monkeypatch.setattr(torch, "tensor", spy(torch.tensor))
+    monkeypatch.setattr(torch, "as_tensor", spy(torch.as_tensor))
+    for b in batches[1:]:  # the lazy kinds (R1, path length) come every 2nd step
+        t.train_step([b])
+    assert not copies, copies[0]

@@ -56,6 +56,7 @@ adjustment is computed there at every call (applied where the interval is comple
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -178,7 +179,7 @@ def sample_params(n: int, size: int, p, generator: torch.Generator | None = None
     color = None
     if on & set(COLOR):  # C, the product of the transforms (each on the left in turn)
         color = _eye(n, 4, device)
-        v = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64, device=device) / math.sqrt(3)
+        v = _luma_axis(torch.device(device))
         vv = torch.outer(v, v)
         eye = torch.eye(4, dtype=torch.float64, device=device)
         if "brightness" in on:
@@ -237,8 +238,17 @@ def _blit(x: torch.Tensor, prm: AdaParams) -> torch.Tensor:
     return flat.gather(2, idx.reshape(n, 1, s * s).expand(n, c, -1)).reshape(n, c, s, s)
 
 
+@functools.lru_cache(maxsize=16)
 def _filter(dtype, device) -> torch.Tensor:
+    """sym6 on the device, made once (a step then copies nothing from the host: CUDA-graph safe;
+    never changed in place)."""
     return torch.tensor(SYM6, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _luma_axis(device: torch.device) -> torch.Tensor:
+    """v = (1, 1, 1, 0) / sqrt(3) in homogeneous RGB, float64 on the device, made once (as ``_filter``)."""
+    return torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64, device=device) / math.sqrt(3)
 
 
 def _depthwise(x: torch.Tensor, taps: torch.Tensor, stride: int) -> torch.Tensor:
@@ -285,11 +295,11 @@ def _geometric(x: torch.Tensor, geom: torch.Tensor, fused: bool, capturable: boo
     # upsampled output pixel j sits at output position (j - _MARGIN - _PHASE) / 2; centred:
     centred = (torch.arange(k, dtype=torch.float64, device=x.device) - _MARGIN - _PHASE) / 2 - (s - 1) / 2
     lo, hi = (-_MARGIN - _PHASE) / 2 - (s - 1) / 2, (k - 1 - _MARGIN - _PHASE) / 2 - (s - 1) / 2  # centred[0], [-1]
-    corners = torch.tensor([[lo, lo, hi, hi], [lo, hi, lo, hi], [1.0] * 4], dtype=torch.float64, device=x.device)
     cap = s - 1  # the most reflect padding a side (one reflection; beyond it zeros)
     if capturable:
         left = top = right = bottom = cap
     else:
+        corners = torch.tensor([[lo, lo, hi, hi], [lo, hi, lo, hi], [1.0] * 4], dtype=torch.float64, device=x.device)
         reach = (geom[:, :2] @ corners).transpose(0, 1).reshape(2, -1) + (s - 1) / 2  # input positions, per axis
         moved = geom.ne(torch.eye(3, dtype=geom.dtype, device=geom.device)).any().double()
         x_lo, y_lo, x_hi, y_hi, moved = torch.cat([reach.amin(1), reach.amax(1), moved[None]]).tolist()  # one sync
