@@ -25,6 +25,7 @@ reached (past it, dynamo silently runs eager code, which would pass for a compil
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -32,7 +33,9 @@ import os
 import platform
 import socket
 import statistics
+import signal
 import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -404,9 +407,49 @@ def run_case(case: Case, providers: list[str], device: torch.device, ceilings: d
     return records
 
 
+class SigintGuard:
+    """SIGINT handling for a benchmark run: each SIGINT sets ``requested``; only inside
+    ``raising()`` (a case being timed) does it also raise KeyboardInterrupt, as Python's default
+    handler would. Between cases and while results are written a Ctrl-C is recorded, not raised
+    at an arbitrary line, and one whose KeyboardInterrupt Python swallowed (raised inside an
+    import lock's weakref callback: "Exception ignored in ...") is not lost."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._raise = False
+
+    def handler(self, signum, frame):
+        self.requested.set()
+        if self._raise:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def raising(self):
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
+
+
+@contextlib.contextmanager
+def sigint_guard():
+    """Install a :class:`SigintGuard` as the SIGINT handler for the block (the main thread
+    only; elsewhere the guard never fires and Python's handling is unchanged)."""
+    guard = SigintGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = signal.signal(signal.SIGINT, guard.handler)
+    try:
+        yield guard
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(cases: list[Case], providers: list[str], device: torch.device, quick: bool = True,
         log: Callable[[str], None] = print, budget_s: float | None = None,
-        on_progress: Callable[[dict], None] | None = None) -> dict:
+        on_progress: Callable[[dict], None] | None = None, sigint: SigintGuard | None = None) -> dict:
     """Measure the ceilings, then every case for every provider.
 
     ``budget_s``: wall-clock seconds for the whole run; once spent, the remaining cases are
@@ -417,8 +460,17 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
     did not start as skipped. A KeyboardInterrupt (Ctrl-C, or ``timeout -s INT`` as
     benchmarks/gpu_check.sh sends) ends the run early the same way: the providers of the case
     in progress that finished keep their records, the others and the remaining cases are
-    recorded as "skipped: interrupted ..." and the document is returned.
+    recorded as "skipped: interrupted ..." and the document is returned. SIGINT goes through
+    ``sigint`` (a :class:`SigintGuard`; by default one installed for this call): a case is
+    interrupted at once, a Ctrl-C between cases ends the run at the next case.
     """
+    if sigint is None:
+        with sigint_guard() as guard:
+            return _run(cases, providers, device, quick, log, budget_s, on_progress, guard)
+    return _run(cases, providers, device, quick, log, budget_s, on_progress, sigint)
+
+
+def _run(cases, providers, device, quick, log, budget_s, on_progress, sigint: SigintGuard) -> dict:
     t0 = time.perf_counter()
     doc = environment(device)
     doc["compile_backend"] = COMPILE["backend"]
@@ -432,6 +484,9 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
     interrupted = False
     for case in cases:
         spent = time.perf_counter() - t0
+        if sigint.requested.is_set() and not interrupted:  # a Ctrl-C since the last case
+            interrupted = doc["interrupted"] = True
+            log(f"interrupted before {case.case}: the remaining cases are recorded as skipped")
         if interrupted or (budget_s is not None and spent > budget_s):
             skipped += 1
             why = ("skipped: interrupted (KeyboardInterrupt / SIGINT) before this case finished" if interrupted
@@ -440,8 +495,9 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
             continue
         records = []
         try:
-            run_case(case, providers, device, doc["ceilings"], quick, log, records=records,
-                     deadline=None if budget_s is None else t0 + budget_s)
+            with sigint.raising():
+                run_case(case, providers, device, doc["ceilings"], quick, log, records=records,
+                         deadline=None if budget_s is None else t0 + budget_s)
         except KeyboardInterrupt:
             interrupted = True
             doc["interrupted"] = True
@@ -456,6 +512,8 @@ def run(cases: list[Case], providers: list[str], device: torch.device, quick: bo
             continue
         if on_progress is not None:
             on_progress(doc)
+    if sigint.requested.is_set():  # also one after the last case
+        interrupted = doc["interrupted"] = True
     doc["elapsed_s"] = time.perf_counter() - t0
     if skipped and not interrupted:
         log(f"time budget of {budget_s:.0f} s spent: {skipped} case(s) skipped")

@@ -186,8 +186,14 @@ def main_with_args(args) -> int:
 
     harness.COMPILE["backend"] = args.compile_backend
     cases_steps.COMPILE_PENALTY["first"] = args.compile_penalty
+    with harness.sigint_guard() as sigint:  # a Ctrl-C while the results are written is recorded, not raised
+        return _run_and_report(args, cases, providers, device, quick, sigint)
+
+
+def _run_and_report(args, cases, providers, device, quick: bool, sigint) -> int:
     on_progress = (lambda doc: harness.write_json(doc, args.json)) if args.json else None
-    doc = harness.run(cases, providers, device, quick=quick, budget_s=args.time_budget, on_progress=on_progress)
+    doc = harness.run(cases, providers, device, quick=quick, budget_s=args.time_budget, on_progress=on_progress,
+                      sigint=sigint)
     harness.validate(doc)
     table = harness.to_markdown(doc)
     if args.json:
@@ -205,7 +211,8 @@ def main_with_args(args) -> int:
 
         plot_result(doc, args.plot)
         print(f"wrote {args.plot}")
-    return 130 if doc.get("interrupted") else 0  # Ctrl-C: the document is complete, the run is not
+    # Ctrl-C: the document is complete, the run is not
+    return 130 if doc.get("interrupted") or sigint.requested.is_set() else 0
 
 
 def main(argv=None) -> int:

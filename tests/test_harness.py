@@ -78,6 +78,33 @@ def test_interrupt_finishes_the_document(fixed_ceilings):
     assert errors[0] is None and all(e.startswith("skipped: interrupted") for e in errors[1:]) and len(errors) == 3
 
 
+def test_sigint_is_raised_inside_a_case_and_recorded_between_cases(fixed_ceilings):
+    """A real SIGINT: inside a case it interrupts at once; one that lands between cases (or
+    whose KeyboardInterrupt Python swallowed: raised in an import lock's weakref callback) is
+    recorded and ends the run at the next case, never at an arbitrary line of the run's own
+    bookkeeping."""
+    import signal
+
+    with harness.sigint_guard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)  # outside a case: recorded, not raised
+        assert guard.requested.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            with guard.raising():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def after_the_first(d):  # a Ctrl-C while the first case's results are written
+        if len(d["records"]) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = harness.run([_tiny_case(), _tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None,
+                      on_progress=after_the_first)
+    assert out["interrupted"] is True
+    assert out["records"][0]["error"] is None and out["records"][1]["error"].startswith("skipped: interrupted")
+
+
 def test_interrupt_keeps_the_finished_providers_of_the_case(fixed_ceilings):
     """compile runs last within a case; an interrupt during it keeps the other providers' records."""
 
