@@ -435,9 +435,11 @@ class SigintGuard:
 @contextlib.contextmanager
 def sigint_guard():
     """Install a :class:`SigintGuard` as the SIGINT handler for the block (the main thread
-    only; elsewhere the guard never fires and Python's handling is unchanged)."""
+    only, and not where SIGINT is ignored, as in a background job: as Python itself, which
+    then installs no handler; there the guard never fires and nothing changes)."""
     guard = SigintGuard()
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield guard
         return
     previous = signal.signal(signal.SIGINT, guard.handler)

@@ -85,24 +85,32 @@ def test_sigint_is_raised_inside_a_case_and_recorded_between_cases(fixed_ceiling
     bookkeeping."""
     import signal
 
-    with harness.sigint_guard() as guard:
-        os.kill(os.getpid(), signal.SIGINT)  # outside a case: recorded, not raised
-        assert guard.requested.is_set()
-        with pytest.raises(KeyboardInterrupt):
-            with guard.raising():
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    try:
+        with harness.sigint_guard() as guard:
+            os.kill(os.getpid(), signal.SIGINT)  # outside a case: recorded, not raised
+            assert guard.requested.is_set()
+            with pytest.raises(KeyboardInterrupt):
+                with guard.raising():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    for _ in range(1000):  # the handler runs between bytecodes
+                        pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        def after_the_first(d):  # a Ctrl-C while the first case's results are written
+            if len(d["records"]) == 1:
                 os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(1000):  # the handler runs between bytecodes
-                    pass
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    def after_the_first(d):  # a Ctrl-C while the first case's results are written
-        if len(d["records"]) == 1:
+        out = harness.run([_tiny_case(), _tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None,
+                          on_progress=after_the_first)
+        assert out["interrupted"] is True
+        assert out["records"][0]["error"] is None and out["records"][1]["error"].startswith("skipped: interrupted")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored SIGINT stays ignored (as Python leaves it)
+        with harness.sigint_guard() as guard:
             os.kill(os.getpid(), signal.SIGINT)
-
-    out = harness.run([_tiny_case(), _tiny_case()], ["eager"], torch.device("cpu"), log=lambda s: None,
-                      on_progress=after_the_first)
-    assert out["interrupted"] is True
-    assert out["records"][0]["error"] is None and out["records"][1]["error"].startswith("skipped: interrupted")
+            assert not guard.requested.is_set() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_interrupt_keeps_the_finished_providers_of_the_case(fixed_ceilings):

@@ -328,12 +328,17 @@ def test_stale_temporaries_are_removed_and_the_log_continues_from_the_resumed_st
     assert [json.loads(line)["step"] for line in open(os.path.join(out, "log.jsonl"))] == [1]
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_bench_exits_130(tmp_path):
     out = tmp_path / "b.json"
     env = {k: v for k, v in os.environ.items() if k != "FASTGAN_BACKEND"}
     p = subprocess.Popen([sys.executable, "-m", "fastgan", "bench", "--device", "cpu", "--families", "ops",
                           "--providers", "eager", "--dtypes", "float32", "--json", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                         preexec_fn=_default_sigint)  # a suite run as a background job passes SIGINT ignored
     deadline = time.time() + 240
     while not out.exists() and time.time() < deadline and p.poll() is None:  # rewritten after every case
         time.sleep(0.1)
