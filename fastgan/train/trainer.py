@@ -65,6 +65,7 @@ from .ema import ema_decay_at, ema_update_
 LATEST = "checkpoint.pt"
 D_STATS = ("d_loss", "penalty", "d_real", "d_fake", "d_acc")
 G_STATS = ("g_loss",)
+EVERY_STEP_PENALTIES = ("wgan-gp", "r1+r2")  # computed on every D step (r1 is lazy: every reg_interval-th)
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
@@ -410,7 +411,7 @@ class Trainer:
 
     def _penalty_due(self) -> bool:
         """This D step computes the penalty (WGAN-GP and R1 + R2: every D step; lazy R1: ``_r1_due``)."""
-        return self.cfg.penalty in ("wgan-gp", "r1+r2") or self._r1_due()
+        return self.cfg.penalty in EVERY_STEP_PENALTIES or self._r1_due()
 
     def _fake(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """n generated images (G's forward on fresh noise from the trainer's generator; of the
@@ -870,7 +871,7 @@ class RunLog:
         """Whether one of the step's D steps computed the penalty (WGAN-GP: each; lazy R1: every
         ``reg_interval``-th D step); ``train_step`` returns that D step's penalty."""
         cfg, last = self.cfg, self.trainer.d_steps
-        return cfg.penalty in ("wgan-gp", "r1+r2") or (cfg.penalty == "r1" and any(
+        return cfg.penalty in EVERY_STEP_PENALTIES or (cfg.penalty == "r1" and any(
             d % cfg.reg_interval == 0 for d in range(last - cfg.n_critic, last)))
 
     def step(self, step: int, stats: dict, due: bool) -> None:
